@@ -1,0 +1,160 @@
+"""The one place vlmserve's settings are defined.
+
+Every setting is a field of :class:`Settings`, read from ``VLMSERVE_*`` environment variables
+(or a ``.env`` file). CLI flags, ``--help`` and the README table are derived from these fields, and
+the Helm chart is checked against them by a test, so a setting is never typed twice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EngineName = Literal["auto", "transformers", "vllm"]
+Detail = Literal["low", "high", "auto"]
+
+
+class Settings(BaseSettings):
+    """Server settings; each field is also the environment variable ``VLMSERVE_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="VLMSERVE_", env_file=".env", extra="ignore")
+
+    model: str | None = Field(
+        default=None,
+        description="Model to serve: a local checkpoint folder. Empty on a machine without a GPU "
+        "serves the tiny built-in demo model (random answers).",
+    )
+    served_model_name: str | None = Field(
+        default=None,
+        description="Model id clients send and /v1/models lists; defaults to the folder's name.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address to bind; 0.0.0.0 for all interfaces.")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port to listen on.")
+    engine: EngineName = Field(
+        default="auto",
+        description="Inference engine: vllm (GPU), transformers (CPU) or auto (vllm when a GPU and "
+        "vLLM are present, transformers otherwise).",
+    )
+    device: str = Field(default="cpu", description="Torch device for the transformers engine.")
+    max_batch_size: int = Field(
+        default=16,
+        ge=1,
+        description="Most sequences the transformers engine decodes together in one step.",
+    )
+    default_max_tokens: int = Field(
+        default=256,
+        ge=1,
+        description="Output tokens per choice when a request sets neither max_tokens nor "
+        "max_completion_tokens (always capped by the model's context).",
+    )
+    max_images_per_request: int = Field(
+        default=8, ge=0, description="Most images one chat completion request may carry."
+    )
+    cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "vlmserve",
+        description="Where vlmserve keeps what it builds, such as the demo checkpoint.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level."
+    )
+
+    json_logs: bool = Field(default=False, description="Write logs as one JSON object per line.")
+
+    # -- images and media ------------------------------------------------------------------------
+    default_image_detail: Detail = Field(
+        default="auto",
+        description="Detail for images whose request does not say (low, high or auto); low cuts "
+        "image tokens on families whose count varies.",
+    )
+    max_image_tokens_per_request: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most image tokens one request may use; requests above it get a 400.",
+    )
+    max_image_bytes: int = Field(
+        default=20_000_000, ge=1, description="Largest encoded image accepted, in bytes."
+    )
+    max_image_pixels: int = Field(
+        default=40_000_000,
+        ge=1,
+        description="Largest image accepted, in pixels (width x height), checked before decoding.",
+    )
+    media_fetch_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Connect and read timeout for http(s) image URLs."
+    )
+    allowed_media_domains: str | None = Field(
+        default=None,
+        description="Comma-separated domains image URLs may come from; empty allows any public host.",
+    )
+    allow_private_media_urls: bool = Field(
+        default=False,
+        description="Allow image URLs that resolve to loopback, private or link-local addresses.",
+    )
+    allowed_local_media_path: Path | None = Field(
+        default=None, description="Folder under which file:// image URLs are allowed; unset refuses them."
+    )
+
+    # -- access and overload ----------------------------------------------------------------------
+    api_keys: str | None = Field(
+        default=None, description="Comma-separated API keys; when set, requests need one."
+    )
+    api_keys_file: Path | None = Field(
+        default=None, description="File with one API key per line (added to api_keys)."
+    )
+    protect_metrics: bool = Field(
+        default=False, description="Require an API key on /metrics too."
+    )
+    rate_limit_requests_per_minute: int | None = Field(
+        default=None, ge=1, description="Requests per minute allowed per API key."
+    )
+    rate_limit_tokens_per_minute: int | None = Field(
+        default=None, ge=1, description="Prompt plus completion tokens per minute per API key."
+    )
+    max_queued_requests: int = Field(
+        default=256,
+        ge=1,
+        description="Requests admitted at once (running plus waiting); beyond it a 503.",
+    )
+    request_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="Longest a request may run before a 504."
+    )
+    shutdown_grace_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="On SIGTERM, how long requests in flight may take to finish before exit.",
+    )
+
+    # -- planning and the vLLM engine (unset: the planner decides) ---------------------------------
+    gpu: str | None = Field(
+        default=None,
+        description="GPU to plan for, like A10G, 2xA10G or A100-40GB; unset uses the GPUs detected.",
+    )
+    expected_output_tokens: int = Field(
+        default=256, ge=1, description="Typical output length the planner sizes the KV cache for."
+    )
+    target_concurrency: int | None = Field(
+        default=None, ge=1, description="Requests the planner should hold in flight at once."
+    )
+    dtype: str | None = Field(default=None, description="Override the planned dtype (bfloat16, float16).")
+    quantization: str | None = Field(
+        default=None, description="Override the planned quantization (fp8, bitsandbytes, awq, gptq)."
+    )
+    tensor_parallel_size: int | None = Field(
+        default=None, ge=1, description="Override the planned tensor-parallel size."
+    )
+    max_model_len: int | None = Field(
+        default=None, ge=1, description="Override the planned context length in tokens."
+    )
+    max_num_seqs: int | None = Field(
+        default=None, ge=1, description="Override the planned number of sequences vLLM runs at once."
+    )
+    gpu_memory_utilization: float | None = Field(
+        default=None, gt=0, le=1, description="Override the share of GPU memory vLLM may use."
+    )
+    load_format: str = Field(
+        default="auto",
+        description="vLLM weight loading: auto, or dummy for random weights when benchmarking.",
+    )

@@ -115,7 +115,12 @@ class LlavaNext(ModelFamily):
         pinpoints = [list(p) for p in GRID_PINPOINTS]
         config = LlavaNextConfig(
             vision_config=clip_vision_config(),
-            text_config={"model_type": "mistral", "vocab_size": len(tokenizer), **TINY_TEXT},
+            text_config={
+                "model_type": "mistral",
+                "vocab_size": len(tokenizer),
+                "sliding_window": None,
+                **TINY_TEXT,
+            },
             image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
             image_grid_pinpoints=pinpoints,
             vision_feature_layer=-2,

@@ -99,6 +99,9 @@ class Llava15(ModelFamily):
             chat_template=self.chat_template,
         )
         return save_checkpoint(
-            out_dir, LlavaForConditionalGeneration, config, processor,
+            out_dir,
+            LlavaForConditionalGeneration,
+            config,
+            processor,
             eos_token_id=tokenizer.eos_token_id,
         )

@@ -140,6 +140,9 @@ class LlavaNext(ModelFamily):
             chat_template=self.chat_template,
         )
         return save_checkpoint(
-            out_dir, LlavaNextForConditionalGeneration, config, processor,
+            out_dir,
+            LlavaNextForConditionalGeneration,
+            config,
+            processor,
             eos_token_id=tokenizer.eos_token_id,
         )

@@ -39,8 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help_text = f"{info.description} [env VLMSERVE_{name.upper()}; default: {default}]"
         flag = "--" + name.replace("_", "-")
         if kind is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
-                                default=None, help=help_text)
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
             continue
         parser.add_argument(
             flag,
@@ -76,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         logger.warning(
             "no --model given: serving the tiny built-in demo model %r from %s. It has random "
             "weights, so its answers are random text; pass --model to serve a real model.",
-            model_id, model_path,
+            model_id,
+            model_path,
         )
     else:
         model_path = Path(settings.model).expanduser()
@@ -91,8 +93,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     app = create_app(settings, engine, model_id)
     server = uvicorn.Server(
-        uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                       timeout_graceful_shutdown=settings.shutdown_grace_seconds)
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        )
     )
     failures: list[BaseException] = []
 

@@ -110,8 +110,9 @@ class Engine(abc.ABC):
         """Raise :class:`server.errors.BadRequestError` for what this engine cannot do.
 
         Called by the HTTP layer before :meth:`generate`, so a request the engine would reject
-        gets a clear 400 and never reaches the engine.
+        gets a clear 400 and never reaches the engine. The default accepts everything.
         """
+        return None
 
     @abc.abstractmethod
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:

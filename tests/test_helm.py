@@ -287,9 +287,13 @@ def test_created_secret_holds_the_keys_and_rolls_the_pods() -> None:
 def test_ingress_routes_each_host_to_its_model() -> None:
     docs, _, _ = rendered("ingress-autoscaling-monitoring-values.yaml")
     (ingress,) = of_kind(docs, "Ingress")
-    services = {s["metadata"]["name"]: s["metadata"]["labels"]["vlmserve/model"] for s in of_kind(docs, "Service")}
-    routes = {r["host"]: services[r["http"]["paths"][0]["backend"]["service"]["name"]]
-              for r in ingress["spec"]["rules"]}
+    services = {s["metadata"]["name"]: s for s in of_kind(docs, "Service")}
+    routes = {}
+    for rule in ingress["spec"]["rules"]:
+        backend = rule["http"]["paths"][0]["backend"]["service"]
+        service = services[backend["name"]]
+        assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+        routes[rule["host"]] = service["metadata"]["labels"]["vlmserve/model"]
     assert routes == {"llava.vlm.example.com": "llava", "phi.vlm.example.com": "phi3v"}
     assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"] == "64m"
 

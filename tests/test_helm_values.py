@@ -101,6 +101,8 @@ BAD_VALUES = [
     ("tensor parallel 0", {"models": [{"name": "a", "model": "x", "tensorParallelSize": 0}]},
      "/models/0/tensorParallelSize"),
     ("model name not a DNS label", {"models": [{"name": "LLaVA_7B", "model": "x"}]}, "/models/0/name"),
+    # <release>-vlmserve (up to 32) + "-" + name must stay within a 63-character object name.
+    ("model name too long", {"models": [{"name": "a" * 25, "model": "x"}]}, "/models/0/name"),
     ("model without a model", {"models": [{"name": "a"}]}, "model"),
     ("no models", {"models": []}, "/models"),
     ("unknown engine", {"models": [{"name": "a", "model": "x", "engine": "tgi"}]}, "/models/0/engine"),

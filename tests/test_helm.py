@@ -76,7 +76,9 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_helm_lint_strict_passes(value_set: str) -> None:
-    report = helm.lint(CHART, values_of(value_set) or None, strict=True, namespace=NAMESPACE)
+    report = helm.lint(
+        CHART, values_of(value_set) or None, strict=True, namespace=NAMESPACE
+    )
     assert report["errors"] == [], json.dumps(report["messages"], indent=1)
 
 
@@ -92,7 +94,9 @@ def test_rendered_objects_pass_kubernetes_strict_schemas(value_set: str) -> None
                 kubernetes_validate.validate(doc, version, strict=True)
             except kubernetes_validate.ValidationError as err:
                 where = "/".join(str(p) for p in err.path)
-                pytest.fail(f"{doc['kind']} {doc['metadata']['name']} on {version}: {where}: {err.message}")
+                pytest.fail(
+                    f"{doc['kind']} {doc['metadata']['name']} on {version}: {where}: {err.message}"
+                )
         checked += 1
     assert checked >= 3  # at least a Deployment, a Service and a PodDisruptionBudget
 
@@ -134,7 +138,9 @@ def test_shutdown_and_probe_timing(value_set: str) -> None:
     for deployment in of_kind(docs, "Deployment"):
         pod = deployment["spec"]["template"]["spec"]
         (container,) = pod["containers"]
-        assert env_of(deployment)["VLMSERVE_SHUTDOWN_GRACE_SECONDS"]["value"] == str(drain)
+        assert env_of(deployment)["VLMSERVE_SHUTDOWN_GRACE_SECONDS"]["value"] == str(
+            drain
+        )
         sleep = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
         assert sleep == values["shutdown"]["preStopSleepSeconds"]
         # Kubernetes counts the preStop hook inside the grace period.
@@ -142,8 +148,14 @@ def test_shutdown_and_probe_timing(value_set: str) -> None:
         live = container["livenessProbe"]
         assert live["periodSeconds"] * live["failureThreshold"] > drain
         start = container["startupProbe"]
-        model = next(m for m in values["models"] if m["name"] == deployment["metadata"]["labels"]["vlmserve/model"])
-        budget = model.get("startupTimeoutSeconds", values["probes"]["startupTimeoutSeconds"])
+        model = next(
+            m
+            for m in values["models"]
+            if m["name"] == deployment["metadata"]["labels"]["vlmserve/model"]
+        )
+        budget = model.get(
+            "startupTimeoutSeconds", values["probes"]["startupTimeoutSeconds"]
+        )
         assert start["periodSeconds"] * start["failureThreshold"] >= budget
         for probe in (start, container["readinessProbe"], live):
             assert probe["httpGet"] == {"path": "/health", "port": "http"}
@@ -156,10 +168,14 @@ def test_pods_are_non_root_with_memory_backed_shm(value_set: str) -> None:
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] != 0
-        assert pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
+        assert (
+            pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
+        )
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert volumes["shm"]["emptyDir"]["medium"] == "Memory"
-        mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+        mounts = {
+            m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]
+        }
         assert mounts["/dev/shm"] == "shm"
         assert env_of(deployment)["VLMSERVE_HOST"]["value"] == "0.0.0.0"
 
@@ -176,7 +192,9 @@ def test_each_model_has_its_own_service_and_budget(value_set: str) -> None:
         for obj in objects:
             selector = obj["spec"]["selector"]
             selector = selector.get("matchLabels", selector)
-            assert sum(selects(selector, labels) for labels in pod_labels) == 1, obj["metadata"]["name"]
+            assert sum(selects(selector, labels) for labels in pod_labels) == 1, obj[
+                "metadata"
+            ]["name"]
     served = [env_of(d)["VLMSERVE_SERVED_MODEL_NAME"]["value"] for d in deployments]
     assert len(set(served)) == len(served)
 
@@ -185,8 +203,13 @@ def test_each_model_has_its_own_service_and_budget(value_set: str) -> None:
 def test_autoscaled_deployments_leave_replicas_to_the_scaler(value_set: str) -> None:
     docs, _, _ = rendered(value_set)
     deployments = {d["metadata"]["name"]: d for d in of_kind(docs, "Deployment")}
-    scaled = [h["spec"]["scaleTargetRef"]["name"] for h in of_kind(docs, "HorizontalPodAutoscaler")]
-    scaled += [s["spec"]["scaleTargetRef"]["name"] for s in of_kind(docs, "ScaledObject")]
+    scaled = [
+        h["spec"]["scaleTargetRef"]["name"]
+        for h in of_kind(docs, "HorizontalPodAutoscaler")
+    ]
+    scaled += [
+        s["spec"]["scaleTargetRef"]["name"] for s in of_kind(docs, "ScaledObject")
+    ]
     assert len(scaled) == len(set(scaled)), "a Deployment has two scalers"
     for name, deployment in deployments.items():
         assert ("replicas" in deployment["spec"]) == (name not in scaled)
@@ -202,12 +225,19 @@ def test_custom_resources_point_at_rendered_objects(value_set: str) -> None:
         assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
         spec = monitor["spec"]
         assert set(spec) == {"selector", "namespaceSelector", "endpoints"}
-        matched = [s for s in services if selects(spec["selector"]["matchLabels"], s["metadata"]["labels"])]
+        matched = [
+            s
+            for s in services
+            if selects(spec["selector"]["matchLabels"], s["metadata"]["labels"])
+        ]
         assert len(matched) == len(services)
         assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
         for endpoint in spec["endpoints"]:
             assert endpoint["path"] == "/metrics"
-            assert all(endpoint["port"] in {p["name"] for p in s["spec"]["ports"]} for s in matched)
+            assert all(
+                endpoint["port"] in {p["name"] for p in s["spec"]["ports"]}
+                for s in matched
+            )
     deployments = {d["metadata"]["name"] for d in of_kind(docs, "Deployment")}
     metric = values["autoscaling"]["queueMetric"]
     for scaled in of_kind(docs, "ScaledObject"):
@@ -231,7 +261,10 @@ def test_custom_resources_point_at_rendered_objects(value_set: str) -> None:
 
 def test_two_models_render_side_by_side_with_their_own_settings() -> None:
     docs, _, _ = rendered("two-models-values.yaml")
-    by_model = {d["metadata"]["labels"]["vlmserve/model"]: d for d in of_kind(docs, "Deployment")}
+    by_model = {
+        d["metadata"]["labels"]["vlmserve/model"]: d
+        for d in of_kind(docs, "Deployment")
+    }
     assert set(by_model) == {"phi3v", "llava34b"}
     small, large = env_of(by_model["phi3v"]), env_of(by_model["llava34b"])
     assert small["VLMSERVE_SERVED_MODEL_NAME"]["value"] == "phi-3-vision"
@@ -254,8 +287,13 @@ def test_numbers_reach_the_server_as_plain_decimals() -> None:
     assert env["VLMSERVE_GPU_MEMORY_UTILIZATION"]["value"] == "0.92"
     assert env["VLMSERVE_ALLOW_PRIVATE_MEDIA_URLS"]["value"] == "false"
     # And the server's own settings class accepts what the chart wrote.
-    settings = Settings(**{k.removeprefix("VLMSERVE_").lower(): e["value"] for k, e in env.items()
-                           if k.startswith("VLMSERVE_") and "value" in e})
+    settings = Settings(
+        **{
+            k.removeprefix("VLMSERVE_").lower(): e["value"]
+            for k, e in env.items()
+            if k.startswith("VLMSERVE_") and "value" in e
+        }
+    )
     assert settings.max_image_bytes == 20_000_000
     assert settings.gpu_memory_utilization == pytest.approx(0.92)
     assert settings.shutdown_grace_seconds == 30
@@ -263,11 +301,16 @@ def test_numbers_reach_the_server_as_plain_decimals() -> None:
 
 def test_existing_secret_and_claim_are_used_not_created() -> None:
     docs, _, _ = rendered("existing-secret-and-claim-values.yaml")
-    assert of_kind(docs, "Secret") == [] and of_kind(docs, "PersistentVolumeClaim") == []
+    assert (
+        of_kind(docs, "Secret") == [] and of_kind(docs, "PersistentVolumeClaim") == []
+    )
     (deployment,) = of_kind(docs, "Deployment")
     env = env_of(deployment)
     assert env["VLMSERVE_API_KEYS"]["valueFrom"]["secretKeyRef"] == {
-        "name": "vlm-credentials", "key": "keys", "optional": True}
+        "name": "vlm-credentials",
+        "key": "keys",
+        "optional": True,
+    }
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "token"
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert volumes["cache"]["persistentVolumeClaim"]["claimName"] == "hf-cache-rwx"
@@ -276,7 +319,10 @@ def test_existing_secret_and_claim_are_used_not_created() -> None:
 def test_created_secret_holds_the_keys_and_rolls_the_pods() -> None:
     docs, _, _ = rendered("ingress-autoscaling-monitoring-values.yaml")
     (secret,) = of_kind(docs, "Secret")
-    assert secret["stringData"]["api-keys"] == "sk-team-a-0123456789abcdef,sk-team-b-fedcba9876543210"
+    assert (
+        secret["stringData"]["api-keys"]
+        == "sk-team-a-0123456789abcdef,sk-team-b-fedcba9876543210"
+    )
     for deployment in of_kind(docs, "Deployment"):
         annotations = deployment["spec"]["template"]["metadata"]["annotations"]
         assert re.fullmatch(r"[0-9a-f]{64}", annotations["checksum/auth"])
@@ -295,7 +341,12 @@ def test_ingress_routes_each_host_to_its_model() -> None:
         assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
         routes[rule["host"]] = service["metadata"]["labels"]["vlmserve/model"]
     assert routes == {"llava.vlm.example.com": "llava", "phi.vlm.example.com": "phi3v"}
-    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"] == "64m"
+    assert (
+        ingress["metadata"]["annotations"][
+            "nginx.ingress.kubernetes.io/proxy-body-size"
+        ]
+        == "64m"
+    )
 
 
 def test_cpu_model_requests_no_gpu_and_keeps_the_cache_in_memory_of_the_node() -> None:

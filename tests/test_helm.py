@@ -1,9 +1,10 @@
 """Checks of the Helm chart in helm/vlmserve, without a cluster.
 
 Helm itself (the Helm 4 SDK through `helm-python-sdk`) lints and renders the chart exactly as
-`helm lint --strict` and `helm template -f <file>` would, the values schema included; every rendered
-object of a built-in kind is then validated with `kubernetes-validate` in strict mode (unknown fields
-rejected) against the oldest Kubernetes the chart supports and the newest the validator knows.
+`helm lint --strict` and `helm template -f <file>` would, the values schema included; every
+rendered object of a built-in kind is then validated with `kubernetes-validate` in strict mode
+(unknown fields rejected) against the oldest Kubernetes the chart supports and the newest the
+validator knows.
 """
 
 from __future__ import annotations
@@ -76,9 +77,7 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_helm_lint_strict_passes(value_set: str) -> None:
-    report = helm.lint(
-        CHART, values_of(value_set) or None, strict=True, namespace=NAMESPACE
-    )
+    report = helm.lint(CHART, values_of(value_set) or None, strict=True, namespace=NAMESPACE)
     assert report["errors"] == [], json.dumps(report["messages"], indent=1)
 
 
@@ -138,9 +137,7 @@ def test_shutdown_and_probe_timing(value_set: str) -> None:
     for deployment in of_kind(docs, "Deployment"):
         pod = deployment["spec"]["template"]["spec"]
         (container,) = pod["containers"]
-        assert env_of(deployment)["VLMSERVE_SHUTDOWN_GRACE_SECONDS"]["value"] == str(
-            drain
-        )
+        assert env_of(deployment)["VLMSERVE_SHUTDOWN_GRACE_SECONDS"]["value"] == str(drain)
         sleep = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
         assert sleep == values["shutdown"]["preStopSleepSeconds"]
         # Kubernetes counts the preStop hook inside the grace period.
@@ -153,9 +150,7 @@ def test_shutdown_and_probe_timing(value_set: str) -> None:
             for m in values["models"]
             if m["name"] == deployment["metadata"]["labels"]["vlmserve/model"]
         )
-        budget = model.get(
-            "startupTimeoutSeconds", values["probes"]["startupTimeoutSeconds"]
-        )
+        budget = model.get("startupTimeoutSeconds", values["probes"]["startupTimeoutSeconds"])
         assert start["periodSeconds"] * start["failureThreshold"] >= budget
         for probe in (start, container["readinessProbe"], live):
             assert probe["httpGet"] == {"path": "/health", "port": "http"}
@@ -168,14 +163,10 @@ def test_pods_are_non_root_with_memory_backed_shm(value_set: str) -> None:
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] != 0
-        assert (
-            pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
-        )
+        assert pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert volumes["shm"]["emptyDir"]["medium"] == "Memory"
-        mounts = {
-            m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]
-        }
+        mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
         assert mounts["/dev/shm"] == "shm"
         assert env_of(deployment)["VLMSERVE_HOST"]["value"] == "0.0.0.0"
 
@@ -192,9 +183,9 @@ def test_each_model_has_its_own_service_and_budget(value_set: str) -> None:
         for obj in objects:
             selector = obj["spec"]["selector"]
             selector = selector.get("matchLabels", selector)
-            assert sum(selects(selector, labels) for labels in pod_labels) == 1, obj[
-                "metadata"
-            ]["name"]
+            assert sum(selects(selector, labels) for labels in pod_labels) == 1, obj["metadata"][
+                "name"
+            ]
     served = [env_of(d)["VLMSERVE_SERVED_MODEL_NAME"]["value"] for d in deployments]
     assert len(set(served)) == len(served)
 
@@ -203,13 +194,8 @@ def test_each_model_has_its_own_service_and_budget(value_set: str) -> None:
 def test_autoscaled_deployments_leave_replicas_to_the_scaler(value_set: str) -> None:
     docs, _, _ = rendered(value_set)
     deployments = {d["metadata"]["name"]: d for d in of_kind(docs, "Deployment")}
-    scaled = [
-        h["spec"]["scaleTargetRef"]["name"]
-        for h in of_kind(docs, "HorizontalPodAutoscaler")
-    ]
-    scaled += [
-        s["spec"]["scaleTargetRef"]["name"] for s in of_kind(docs, "ScaledObject")
-    ]
+    scaled = [h["spec"]["scaleTargetRef"]["name"] for h in of_kind(docs, "HorizontalPodAutoscaler")]
+    scaled += [s["spec"]["scaleTargetRef"]["name"] for s in of_kind(docs, "ScaledObject")]
     assert len(scaled) == len(set(scaled)), "a Deployment has two scalers"
     for name, deployment in deployments.items():
         assert ("replicas" in deployment["spec"]) == (name not in scaled)
@@ -226,18 +212,13 @@ def test_custom_resources_point_at_rendered_objects(value_set: str) -> None:
         spec = monitor["spec"]
         assert set(spec) == {"selector", "namespaceSelector", "endpoints"}
         matched = [
-            s
-            for s in services
-            if selects(spec["selector"]["matchLabels"], s["metadata"]["labels"])
+            s for s in services if selects(spec["selector"]["matchLabels"], s["metadata"]["labels"])
         ]
         assert len(matched) == len(services)
         assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
         for endpoint in spec["endpoints"]:
             assert endpoint["path"] == "/metrics"
-            assert all(
-                endpoint["port"] in {p["name"] for p in s["spec"]["ports"]}
-                for s in matched
-            )
+            assert all(endpoint["port"] in {p["name"] for p in s["spec"]["ports"]} for s in matched)
     deployments = {d["metadata"]["name"] for d in of_kind(docs, "Deployment")}
     metric = values["autoscaling"]["queueMetric"]
     for scaled in of_kind(docs, "ScaledObject"):
@@ -261,10 +242,7 @@ def test_custom_resources_point_at_rendered_objects(value_set: str) -> None:
 
 def test_two_models_render_side_by_side_with_their_own_settings() -> None:
     docs, _, _ = rendered("two-models-values.yaml")
-    by_model = {
-        d["metadata"]["labels"]["vlmserve/model"]: d
-        for d in of_kind(docs, "Deployment")
-    }
+    by_model = {d["metadata"]["labels"]["vlmserve/model"]: d for d in of_kind(docs, "Deployment")}
     assert set(by_model) == {"phi3v", "llava34b"}
     small, large = env_of(by_model["phi3v"]), env_of(by_model["llava34b"])
     assert small["VLMSERVE_SERVED_MODEL_NAME"]["value"] == "phi-3-vision"
@@ -301,9 +279,7 @@ def test_numbers_reach_the_server_as_plain_decimals() -> None:
 
 def test_existing_secret_and_claim_are_used_not_created() -> None:
     docs, _, _ = rendered("existing-secret-and-claim-values.yaml")
-    assert (
-        of_kind(docs, "Secret") == [] and of_kind(docs, "PersistentVolumeClaim") == []
-    )
+    assert of_kind(docs, "Secret") == [] and of_kind(docs, "PersistentVolumeClaim") == []
     (deployment,) = of_kind(docs, "Deployment")
     env = env_of(deployment)
     assert env["VLMSERVE_API_KEYS"]["valueFrom"]["secretKeyRef"] == {
@@ -320,8 +296,7 @@ def test_created_secret_holds_the_keys_and_rolls_the_pods() -> None:
     docs, _, _ = rendered("ingress-autoscaling-monitoring-values.yaml")
     (secret,) = of_kind(docs, "Secret")
     assert (
-        secret["stringData"]["api-keys"]
-        == "sk-team-a-0123456789abcdef,sk-team-b-fedcba9876543210"
+        secret["stringData"]["api-keys"] == "sk-team-a-0123456789abcdef,sk-team-b-fedcba9876543210"
     )
     for deployment in of_kind(docs, "Deployment"):
         annotations = deployment["spec"]["template"]["metadata"]["annotations"]
@@ -342,10 +317,7 @@ def test_ingress_routes_each_host_to_its_model() -> None:
         routes[rule["host"]] = service["metadata"]["labels"]["vlmserve/model"]
     assert routes == {"llava.vlm.example.com": "llava", "phi.vlm.example.com": "phi3v"}
     assert (
-        ingress["metadata"]["annotations"][
-            "nginx.ingress.kubernetes.io/proxy-body-size"
-        ]
-        == "64m"
+        ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"] == "64m"
     )
 
 

@@ -58,9 +58,7 @@ def test_every_vlmserve_variable_named_in_the_chart_is_a_setting() -> None:
     for path in sorted(CHART.rglob("*")):
         if path.is_file():
             unknown = {
-                n
-                for n in ENV_NAME.findall(path.read_text())
-                if env_to_field(n) not in fields
+                n for n in ENV_NAME.findall(path.read_text()) if env_to_field(n) not in fields
             }
             assert not unknown, (
                 f"{path.relative_to(CHART)} names {sorted(unknown)}, not in Settings"
@@ -97,9 +95,7 @@ def test_every_setting_is_reachable_from_the_chart() -> None:
 
 def test_values_settings_keys_are_settings() -> None:
     values = helm.values_from_yaml((CHART / "values.yaml").read_text())
-    keys = set(values["settings"]) | {
-        k for m in values["models"] for k in m.get("settings", {})
-    }
+    keys = set(values["settings"]) | {k for m in values["models"] for k in m.get("settings", {})}
     assert keys <= set(Settings.model_fields)
 
 
@@ -212,8 +208,6 @@ BAD_COMBINATIONS = [
     [v[1:] for v in BAD_COMBINATIONS],
     ids=[v[0] for v in BAD_COMBINATIONS],
 )
-def test_templates_refuse_contradictory_values(
-    values: dict[str, Any], message: str
-) -> None:
+def test_templates_refuse_contradictory_values(values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmRenderError, match=re.escape(message)):
         helm.Chart.load(CHART).render(values, name="demo", namespace="ai")

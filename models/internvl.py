@@ -147,5 +147,5 @@ class InternVL(ModelFamily):
             InternVLForConditionalGeneration,
             config,
             processor,
-            eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+            eos_token_id=tokenizer.eos_token_id,
         )

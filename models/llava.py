@@ -82,7 +82,7 @@ class Llava15(ModelFamily):
         config = LlavaConfig(
             vision_config=clip_vision_config(),
             text_config={"model_type": "llama", "vocab_size": len(tokenizer), **TINY_TEXT},
-            image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+            image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
             vision_feature_layer=-2,
             vision_feature_select_strategy="default",
         )

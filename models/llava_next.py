@@ -121,7 +121,7 @@ class LlavaNext(ModelFamily):
                 "sliding_window": None,
                 **TINY_TEXT,
             },
-            image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+            image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
             image_grid_pinpoints=pinpoints,
             vision_feature_layer=-2,
             vision_feature_select_strategy="default",

@@ -69,8 +69,8 @@ def _open_checked(data: bytes, param: str, limits: ImageLimits) -> Image.Image:
                     code="image_too_large",
                 )
             image.load()
-            image = ImageOps.exif_transpose(image) or image
-            return image.convert("RGB")
+            upright = ImageOps.exif_transpose(image) or image
+            return upright.convert("RGB")
     except (
         UnidentifiedImageError,
         OSError,

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             host=settings.host,
             port=settings.port,
             log_config=None,
-            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+            timeout_graceful_shutdown=round(settings.shutdown_grace_seconds),
         )
     )
     failures: list[BaseException] = []

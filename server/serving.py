@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,7 +165,7 @@ class ChatHandler:
 
         Returns the server-sent events; closing them aborts the request.
         """
-        outputs = aiter(self.engine.generate(request))
+        outputs = self.engine.generate(request)
         try:
             first = await anext(outputs)
         except BaseException:
@@ -177,7 +177,7 @@ class ChatHandler:
         self,
         request: EngineRequest,
         first: EngineOutput,
-        outputs: AsyncIterator[EngineOutput],
+        outputs: AsyncGenerator[EngineOutput, None],
         include_usage: bool,
     ) -> AsyncIterator[str]:
         tally = _Tally([""] * request.sampling.n, [None] * request.sampling.n)
@@ -214,7 +214,7 @@ class ChatHandler:
             logger.exception("stream failed for %s", request.request_id)
             yield _sse(InternalError("The server had an error while streaming.").body())
         finally:
-            await outputs.aclose()  # type: ignore[attr-defined]
+            await outputs.aclose()
         yield "data: [DONE]\n\n"
 
     def _record(self, tally: _Tally) -> None:

@@ -9,7 +9,7 @@ task was cancelled) must abort the request inside the engine.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -115,7 +115,7 @@ class Engine(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+    def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         """Stream a request's outputs; closing the iterator early aborts the request."""
 
     @abc.abstractmethod

@@ -13,7 +13,7 @@ import asyncio
 import collections
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,7 +139,7 @@ class TransformersEngine(Engine):
                 param="messages",
             )
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+    async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         """Preprocess off the loop, queue for the worker, and stream its outputs."""
         inputs = await asyncio.to_thread(self._preprocess, request)
         prompt_tokens = int(inputs["input_ids"].shape[1])
@@ -227,7 +227,7 @@ class TransformersEngine(Engine):
                     s for s in self._running if s.owner.request.request_id not in self._aborted
                 ]
                 self._aborted.clear()
-            admitted = []
+            admitted: list[_Request] = []
             room = self.max_batch_size - len(self._running)
             while self._pending and (
                 room >= self._pending[0].request.sampling.n or not admitted and not self._running

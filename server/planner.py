@@ -9,6 +9,7 @@ checkpoint before in-flight bitsandbytes, and takes the first that meets the wor
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -307,6 +308,7 @@ def _assemble(model: CatalogModel, gpu: GPUSpec, gpus: list[GPUSpec], workload: 
     return plan
 
 
+@functools.lru_cache(maxsize=256)
 def suggest(model: CatalogModel, workload: Workload) -> Plan | None:
     """The smallest catalogue GPU setup (fewest, then smallest GPUs) the model fits on."""
     for count in TP_SIZES:

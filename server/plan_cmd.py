@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from models.catalog import CATALOG, get_model
+
+if TYPE_CHECKING:
+    from server.planner import Plan
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,11 +51,8 @@ def run(args: argparse.Namespace) -> int:
     return 0 if plan.fits else 1
 
 
-def format_plan(plan: object) -> str:
+def format_plan(plan: Plan) -> str:
     """The plan as a short human-readable report."""
-    from server.planner import Plan
-
-    assert isinstance(plan, Plan)
     verdict = "fits" if plan.fits else "DOES NOT FIT"
     lines = [f"{plan.model} on {plan.gpu}: {verdict}", ""]
     lines += [f"  - {line}" for line in plan.explanation]

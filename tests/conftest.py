@@ -45,3 +45,9 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
     server = start_server([], cache / "demo.log", env={"VLMSERVE_CACHE_DIR": str(cache)})
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tiny_model) -> Path:  # type: ignore[no-untyped-def]
+    """The tiny LLaVA-1.5 checkpoint (CLIP-336 geometry)."""
+    return tiny_model("llava")

@@ -20,9 +20,9 @@ from models.architecture import (
 )
 
 # Max image tokens for families another change is still adding, used only while
-# models.families does not know them. Phi-3-Vision: Microsoft's calc_num_image_tokens_from_image_size
-# gives (crops + 1) x 144 + 1 + (rows + 1) x 12; with num_crops 16 the tallest grid (16 x 1) is
-# 2,653. InternVL2 tiles exactly as the native InternVL family does.
+# models.families does not know them. Phi-3-Vision: Microsoft's
+# calc_num_image_tokens_from_image_size gives (crops + 1) x 144 + 1 + (rows + 1) x 12; with
+# num_crops 16 the tallest grid (16 x 1) is 2,653. InternVL2 tiles exactly as the native InternVL family does.
 FALLBACK_MAX_IMAGE_TOKENS: dict[str, int | str] = {"phi3v": 2653, "internvl2": "internvl"}
 
 
@@ -91,8 +91,17 @@ class CatalogModel:
         return next((q for q in self.quantized if q.method == method), None)
 
 
-def _lm(name: str, layers: int, hidden: int, heads: int, kv: int, inter: int, vocab: int,
-        context: int, **extra: bool) -> LanguageModel:
+def _lm(
+    name: str,
+    layers: int,
+    hidden: int,
+    heads: int,
+    kv: int,
+    inter: int,
+    vocab: int,
+    context: int,
+    **extra: bool,
+) -> LanguageModel:
     return LanguageModel(name, layers, hidden, heads, kv, inter, vocab, context, **extra)
 
 
@@ -108,46 +117,108 @@ _PHI3_MINI = _lm("Phi-3-mini-128k", 32, 3072, 32, 32, 8192, 32064, 131072)
 CATALOG: dict[str, CatalogModel] = {
     m.name: m
     for m in (
-        CatalogModel("llava-1.5-7b", "llava-hf/llava-1.5-7b-hf", "llava", _VICUNA_7B,
-                     CLIP_VIT_L_336, hardware_row="LLaVA 7B"),
-        CatalogModel("llava-1.5-13b", "llava-hf/llava-1.5-13b-hf", "llava",
-                     _lm("Vicuna-13B v1.5", 40, 5120, 40, 40, 13824, 32064, 4096),
-                     CLIP_VIT_L_336),
-        CatalogModel("llava-1.6-mistral-7b", "llava-hf/llava-v1.6-mistral-7b-hf", "llava-next",
-                     _lm("Mistral-7B-Instruct-v0.2", 32, 4096, 32, 8, 14336, 32064, 32768),
-                     CLIP_VIT_L_336, hardware_row="LLaVA 7B"),
-        CatalogModel("llava-1.6-34b", "llava-hf/llava-v1.6-34b-hf", "llava-next",
-                     _lm("Nous-Hermes-2-Yi-34B", 60, 7168, 56, 8, 20480, 64064, 4096),
-                     CLIP_VIT_L_336, _awq("mesolitica/llava-v1.6-34b-hf-awq"),
-                     hardware_row="LLaVA 34B"),
-        CatalogModel("internvl2-1b", "OpenGVLab/InternVL2-1B", "internvl2",
-                     _lm("Qwen2-0.5B-Instruct", 24, 896, 14, 2, 4864, 151655, 32768,
-                         qkv_bias=True),
-                     INTERN_VIT_300M, trust_remote_code=True),
-        CatalogModel("internvl2-2b", "OpenGVLab/InternVL2-2B", "internvl2",
-                     _lm("InternLM2-Chat-1.8B", 24, 2048, 16, 8, 8192, 92553, 32768),
-                     INTERN_VIT_300M, _awq("OpenGVLab/InternVL2-2B-AWQ"),
-                     trust_remote_code=True),
-        CatalogModel("internvl2-4b", "OpenGVLab/InternVL2-4B", "internvl2",
-                     _lm("Phi-3-mini-128k", 32, 3072, 32, 32, 8192, 32020, 131072),
-                     INTERN_VIT_300M, trust_remote_code=True),
-        CatalogModel("internvl2-8b", "OpenGVLab/InternVL2-8B", "internvl2",
-                     _lm("InternLM2.5-7B-Chat", 32, 4096, 32, 8, 14336, 92553, 32768),
-                     INTERN_VIT_300M, _awq("OpenGVLab/InternVL2-8B-AWQ"),
-                     hardware_row="InternVL-2 8B", trust_remote_code=True),
-        CatalogModel("internvl2-26b", "OpenGVLab/InternVL2-26B", "internvl2",
-                     _lm("InternLM2-Chat-20B", 48, 6144, 48, 8, 16384, 92553, 32768),
-                     INTERN_VIT_6B, _awq("OpenGVLab/InternVL2-26B-AWQ"),
-                     trust_remote_code=True),
-        CatalogModel("internvl2-76b", "OpenGVLab/InternVL2-Llama3-76B", "internvl2",
-                     _lm("Hermes-2-Theta-Llama-3-70B", 80, 8192, 64, 8, 28672, 128261, 8192),
-                     INTERN_VIT_6B, _awq("OpenGVLab/InternVL2-Llama3-76B-AWQ"),
-                     trust_remote_code=True),
-        CatalogModel("phi-3-vision", "microsoft/Phi-3-vision-128k-instruct", "phi3v",
-                     _PHI3_MINI, CLIP_VIT_L_336_PHI3V, hardware_row="Phi-3-Vision 4B",
-                     trust_remote_code=True),
-        CatalogModel("phi-3.5-vision", "microsoft/Phi-3.5-vision-instruct", "phi3v",
-                     _PHI3_MINI, CLIP_VIT_L_336_PHI3V, trust_remote_code=True),
+        CatalogModel(
+            "llava-1.5-7b",
+            "llava-hf/llava-1.5-7b-hf",
+            "llava",
+            _VICUNA_7B,
+            CLIP_VIT_L_336,
+            hardware_row="LLaVA 7B",
+        ),
+        CatalogModel(
+            "llava-1.5-13b",
+            "llava-hf/llava-1.5-13b-hf",
+            "llava",
+            _lm("Vicuna-13B v1.5", 40, 5120, 40, 40, 13824, 32064, 4096),
+            CLIP_VIT_L_336,
+        ),
+        CatalogModel(
+            "llava-1.6-mistral-7b",
+            "llava-hf/llava-v1.6-mistral-7b-hf",
+            "llava-next",
+            _lm("Mistral-7B-Instruct-v0.2", 32, 4096, 32, 8, 14336, 32064, 32768),
+            CLIP_VIT_L_336,
+            hardware_row="LLaVA 7B",
+        ),
+        CatalogModel(
+            "llava-1.6-34b",
+            "llava-hf/llava-v1.6-34b-hf",
+            "llava-next",
+            _lm("Nous-Hermes-2-Yi-34B", 60, 7168, 56, 8, 20480, 64064, 4096),
+            CLIP_VIT_L_336,
+            _awq("mesolitica/llava-v1.6-34b-hf-awq"),
+            hardware_row="LLaVA 34B",
+        ),
+        CatalogModel(
+            "internvl2-1b",
+            "OpenGVLab/InternVL2-1B",
+            "internvl2",
+            _lm("Qwen2-0.5B-Instruct", 24, 896, 14, 2, 4864, 151655, 32768, qkv_bias=True),
+            INTERN_VIT_300M,
+            trust_remote_code=True,
+        ),
+        CatalogModel(
+            "internvl2-2b",
+            "OpenGVLab/InternVL2-2B",
+            "internvl2",
+            _lm("InternLM2-Chat-1.8B", 24, 2048, 16, 8, 8192, 92553, 32768),
+            INTERN_VIT_300M,
+            _awq("OpenGVLab/InternVL2-2B-AWQ"),
+            trust_remote_code=True,
+        ),
+        CatalogModel(
+            "internvl2-4b",
+            "OpenGVLab/InternVL2-4B",
+            "internvl2",
+            _lm("Phi-3-mini-128k", 32, 3072, 32, 32, 8192, 32020, 131072),
+            INTERN_VIT_300M,
+            trust_remote_code=True,
+        ),
+        CatalogModel(
+            "internvl2-8b",
+            "OpenGVLab/InternVL2-8B",
+            "internvl2",
+            _lm("InternLM2.5-7B-Chat", 32, 4096, 32, 8, 14336, 92553, 32768),
+            INTERN_VIT_300M,
+            _awq("OpenGVLab/InternVL2-8B-AWQ"),
+            hardware_row="InternVL-2 8B",
+            trust_remote_code=True,
+        ),
+        CatalogModel(
+            "internvl2-26b",
+            "OpenGVLab/InternVL2-26B",
+            "internvl2",
+            _lm("InternLM2-Chat-20B", 48, 6144, 48, 8, 16384, 92553, 32768),
+            INTERN_VIT_6B,
+            _awq("OpenGVLab/InternVL2-26B-AWQ"),
+            trust_remote_code=True,
+        ),
+        CatalogModel(
+            "internvl2-76b",
+            "OpenGVLab/InternVL2-Llama3-76B",
+            "internvl2",
+            _lm("Hermes-2-Theta-Llama-3-70B", 80, 8192, 64, 8, 28672, 128261, 8192),
+            INTERN_VIT_6B,
+            _awq("OpenGVLab/InternVL2-Llama3-76B-AWQ"),
+            trust_remote_code=True,
+        ),
+        CatalogModel(
+            "phi-3-vision",
+            "microsoft/Phi-3-vision-128k-instruct",
+            "phi3v",
+            _PHI3_MINI,
+            CLIP_VIT_L_336_PHI3V,
+            hardware_row="Phi-3-Vision 4B",
+            trust_remote_code=True,
+        ),
+        CatalogModel(
+            "phi-3.5-vision",
+            "microsoft/Phi-3.5-vision-instruct",
+            "phi3v",
+            _PHI3_MINI,
+            CLIP_VIT_L_336_PHI3V,
+            trust_remote_code=True,
+        ),
     )
 }
 

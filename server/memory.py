@@ -49,11 +49,22 @@ LINEAR_BITS: dict[str, float] = {
 }
 #: Bytes per element of the activation dtypes vLLM accepts.
 DTYPE_BYTES: dict[str, int] = {
-    "bfloat16": 2, "float16": 2, "half": 2, "auto": 2, "float32": 4, "float": 4,
+    "bfloat16": 2,
+    "float16": 2,
+    "half": 2,
+    "auto": 2,
+    "float32": 4,
+    "float": 4,
 }
 #: Bytes per element of the KV cache by ``kv_cache_dtype``.
-KV_DTYPE_BYTES: dict[str, int] = {"auto": 2, "bfloat16": 2, "float16": 2, "fp8": 1,
-                                   "fp8_e4m3": 1, "fp8_e5m2": 1}
+KV_DTYPE_BYTES: dict[str, int] = {
+    "auto": 2,
+    "bfloat16": 2,
+    "float16": 2,
+    "fp8": 1,
+    "fp8_e4m3": 1,
+    "fp8_e5m2": 1,
+}
 
 
 def weight_bytes(model: CatalogModel, quantization: str) -> int:
@@ -79,7 +90,10 @@ def batched_tokens_for(memory_gib: float, gpu_name: str) -> int:
 
 
 def activation_bytes(
-    model: CatalogModel, batched_tokens: int, max_num_seqs: int, image_tokens: int,
+    model: CatalogModel,
+    batched_tokens: int,
+    max_num_seqs: int,
+    image_tokens: int,
     dtype_bytes: int,
 ) -> int:
     """Peak memory of vLLM's profiling pass beyond the weights, on one GPU.

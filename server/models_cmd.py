@@ -9,8 +9,19 @@ from typing import Any
 from models.catalog import CATALOG, CatalogModel, max_image_tokens
 
 GIB = 1024**3
-COLUMNS = ("name", "repo", "family", "params_b", "fp16_gib", "kv_kib_per_token",
-           "max_image_tokens", "context", "quantized", "min_gpu", "recommended_gpu")
+COLUMNS = (
+    "name",
+    "repo",
+    "family",
+    "params_b",
+    "fp16_gib",
+    "kv_kib_per_token",
+    "max_image_tokens",
+    "context",
+    "quantized",
+    "min_gpu",
+    "recommended_gpu",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,13 +15,26 @@ if TYPE_CHECKING:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments: the model, the GPUs and the workload knobs that are not settings already."""
-    parser.add_argument("--model", required=True, choices=sorted(CATALOG), metavar="NAME",
-                        help=f"Catalogue model: {', '.join(CATALOG)}.")
-    parser.add_argument("--gpu", default=None,
-                        help="GPUs to plan for, like A10G, 2xA10G or A100-40GB (default: "
-                        "VLMSERVE_GPU, else the GPUs detected here).")
-    parser.add_argument("--max-images", type=int, default=None, metavar="N",
-                        help="Most images per request (default: VLMSERVE_MAX_IMAGES_PER_REQUEST).")
+    parser.add_argument(
+        "--model",
+        required=True,
+        choices=sorted(CATALOG),
+        metavar="NAME",
+        help=f"Catalogue model: {', '.join(CATALOG)}.",
+    )
+    parser.add_argument(
+        "--gpu",
+        default=None,
+        help="GPUs to plan for, like A10G, 2xA10G or A100-40GB (default: "
+        "VLMSERVE_GPU, else the GPUs detected here).",
+    )
+    parser.add_argument(
+        "--max-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Most images per request (default: VLMSERVE_MAX_IMAGES_PER_REQUEST).",
+    )
     parser.add_argument("--json", action="store_true", help="Print the plan as one JSON object.")
 
 
@@ -39,8 +52,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"vlmserve plan: {exc}", file=sys.stderr)
         return 2
     if not gpus:
-        print("vlmserve plan: no GPU detected here; name one with --gpu (for example A10G, "
-              "2xA10G or H100)", file=sys.stderr)
+        print(
+            "vlmserve plan: no GPU detected here; name one with --gpu (for example A10G, "
+            "2xA10G or H100)",
+            file=sys.stderr,
+        )
         return 2
     workload = Workload.from_settings(settings, args.max_images)
     plan = plan_model(get_model(args.model), gpus, workload, Overrides.from_settings(settings))

@@ -74,8 +74,14 @@ class Overrides:
     @classmethod
     def from_settings(cls, settings: Settings) -> Overrides:
         """The overrides set in ``settings``."""
-        return cls(settings.dtype, settings.quantization, settings.tensor_parallel_size,
-                   settings.max_model_len, settings.max_num_seqs, settings.gpu_memory_utilization)
+        return cls(
+            settings.dtype,
+            settings.quantization,
+            settings.tensor_parallel_size,
+            settings.max_model_len,
+            settings.max_num_seqs,
+            settings.gpu_memory_utilization,
+        )
 
     def given(self) -> dict[str, Any]:
         """The fields that are set."""
@@ -190,8 +196,9 @@ def goal_tokens(workload: Workload, image_tokens: int, max_model_len: int) -> in
     return max(max_model_len, wanted)
 
 
-def candidates(model: CatalogModel, gpu: GPUSpec, count: int,
-               overrides: Overrides) -> list[Candidate]:
+def candidates(
+    model: CatalogModel, gpu: GPUSpec, count: int, overrides: Overrides
+) -> list[Candidate]:
     """Ways to run the model on ``count`` of ``gpu``, best quality first."""
     wide = "bfloat16" if gpu.bf16 else "float16"
     methods = ["none"]
@@ -215,8 +222,9 @@ def candidates(model: CatalogModel, gpu: GPUSpec, count: int,
     return found
 
 
-def memory_split(model: CatalogModel, gpu: GPUSpec, cand: Candidate, gmu: float,
-                 batched: int, image_tokens: int) -> MemorySplit:
+def memory_split(
+    model: CatalogModel, gpu: GPUSpec, cand: Candidate, gmu: float, batched: int, image_tokens: int
+) -> MemorySplit:
     """One GPU's budget under ``cand``."""
     dtype_bytes = DTYPE_BYTES.get(cand.dtype, 2)
     weights = weight_bytes(model, cand.quantization) * dtype_bytes // 2
@@ -230,13 +238,15 @@ def memory_split(model: CatalogModel, gpu: GPUSpec, cand: Candidate, gmu: float,
 
 def kv_tokens(model: CatalogModel, split: MemorySplit, cand: Candidate) -> int:
     """Tokens the KV cache holds across all GPUs of the candidate."""
-    per_token = model.text.kv_bytes_per_token(KV_DTYPE_BYTES[cand.kv_cache_dtype],
-                                              cand.tensor_parallel_size)
+    per_token = model.text.kv_bytes_per_token(
+        KV_DTYPE_BYTES[cand.kv_cache_dtype], cand.tensor_parallel_size
+    )
     return split.kv_cache // per_token
 
 
-def search(model: CatalogModel, gpus: list[GPUSpec], workload: Workload,
-           overrides: Overrides) -> Plan:
+def search(
+    model: CatalogModel, gpus: list[GPUSpec], workload: Workload, overrides: Overrides
+) -> Plan:
     """The first candidate that meets the workload, else the first that fits, else a refusal."""
     gpu = min(gpus, key=lambda g: (g.memory_mib, g.compute_capability))
     image_tokens = max_image_tokens(model)
@@ -260,13 +270,33 @@ def search(model: CatalogModel, gpus: list[GPUSpec], workload: Workload,
         fitting = None
     chosen = fitting or _best_effort(model, gpu, options, gmu, batched, image_tokens)
     cand, split, tokens = chosen
-    return _assemble(model, gpu, gpus, workload, cand, split, tokens, fits=fitting is not None,
-                     goal=goal, images=images, max_model_len=max_model_len, batched=batched,
-                     gmu=gmu, image_tokens=image_tokens, overrides=overrides)
+    return _assemble(
+        model,
+        gpu,
+        gpus,
+        workload,
+        cand,
+        split,
+        tokens,
+        fits=fitting is not None,
+        goal=goal,
+        images=images,
+        max_model_len=max_model_len,
+        batched=batched,
+        gmu=gmu,
+        image_tokens=image_tokens,
+        overrides=overrides,
+    )
 
 
-def _best_effort(model: CatalogModel, gpu: GPUSpec, options: list[Candidate], gmu: float,
-                 batched: int, image_tokens: int) -> tuple[Candidate, MemorySplit, int]:
+def _best_effort(
+    model: CatalogModel,
+    gpu: GPUSpec,
+    options: list[Candidate],
+    gmu: float,
+    batched: int,
+    image_tokens: int,
+) -> tuple[Candidate, MemorySplit, int]:
     """For a refusal: the candidate that comes closest (least shortfall, then most KV)."""
     scored = []
     for cand in options:
@@ -280,28 +310,56 @@ def _best_effort(model: CatalogModel, gpu: GPUSpec, options: list[Candidate], gm
     return cand, split, kv_tokens(model, split, cand)
 
 
-def _assemble(model: CatalogModel, gpu: GPUSpec, gpus: list[GPUSpec], workload: Workload,
-              cand: Candidate, split: MemorySplit, tokens: int, *, fits: bool, goal: int,
-              images: int, max_model_len: int, batched: int, gmu: float, image_tokens: int,
-              overrides: Overrides) -> Plan:
+def _assemble(
+    model: CatalogModel,
+    gpu: GPUSpec,
+    gpus: list[GPUSpec],
+    workload: Workload,
+    cand: Candidate,
+    split: MemorySplit,
+    tokens: int,
+    *,
+    fits: bool,
+    goal: int,
+    images: int,
+    max_model_len: int,
+    batched: int,
+    gmu: float,
+    image_tokens: int,
+    overrides: Overrides,
+) -> Plan:
     tp = cand.tensor_parallel_size
     one_request = workload.request_tokens(1, image_tokens)
     seqs = max(1, min(MAX_NUM_SEQS_CAP, max(workload.concurrency or 1, tokens // one_request)))
     quantized = model.quantized_repo(cand.quantization)
     plan = Plan(
-        model=model.name, repo=quantized.repo if quantized else model.repo,
-        gpu=describe_gpus(gpus), gpu_count=len(gpus), fits=fits,
-        dtype=cand.dtype, quantization=cand.quantization, tensor_parallel_size=tp,
-        kv_cache_dtype=cand.kv_cache_dtype, max_model_len=max_model_len,
-        max_num_seqs=overrides.max_num_seqs or seqs, max_num_batched_tokens=batched,
-        gpu_memory_utilization=gmu, images_per_prompt=images, image_tokens=image_tokens,
+        model=model.name,
+        repo=quantized.repo if quantized else model.repo,
+        gpu=describe_gpus(gpus),
+        gpu_count=len(gpus),
+        fits=fits,
+        dtype=cand.dtype,
+        quantization=cand.quantization,
+        tensor_parallel_size=tp,
+        kv_cache_dtype=cand.kv_cache_dtype,
+        max_model_len=max_model_len,
+        max_num_seqs=overrides.max_num_seqs or seqs,
+        max_num_batched_tokens=batched,
+        gpu_memory_utilization=gmu,
+        images_per_prompt=images,
+        image_tokens=image_tokens,
         vram_fp16_gib=gib(fp16_footprint_bytes(model, image_tokens)),
-        weights_gib=gib(split.weights * tp), activation_reserve_gib=gib(split.activations),
-        overhead_gib=gib(split.overhead), budget_gib=gib(split.budget),
+        weights_gib=gib(split.weights * tp),
+        activation_reserve_gib=gib(split.activations),
+        overhead_gib=gib(split.overhead),
+        budget_gib=gib(split.budget),
         kv_bytes_per_token=model.text.kv_bytes_per_token(KV_DTYPE_BYTES[cand.kv_cache_dtype], tp),
-        kv_cache_gib=gib(split.kv_cache * tp), kv_cache_tokens=tokens,
-        max_concurrent_images=tokens // image_tokens, meets_workload=fits and tokens >= goal,
-        trust_remote_code=model.trust_remote_code, overrides=overrides.given(),
+        kv_cache_gib=gib(split.kv_cache * tp),
+        kv_cache_tokens=tokens,
+        max_concurrent_images=tokens // image_tokens,
+        meets_workload=fits and tokens >= goal,
+        trust_remote_code=model.trust_remote_code,
+        overrides=overrides.given(),
     )
     if fits:
         plan.explanation = explain(plan, model, gpu, workload, goal)
@@ -319,8 +377,9 @@ def suggest(model: CatalogModel, workload: Workload) -> Plan | None:
     return None
 
 
-def plan_model(model: CatalogModel, gpus: list[GPUSpec], workload: Workload,
-               overrides: Overrides | None = None) -> Plan:
+def plan_model(
+    model: CatalogModel, gpus: list[GPUSpec], workload: Workload, overrides: Overrides | None = None
+) -> Plan:
     """Size ``model`` for ``gpus`` and ``workload``; ``overrides`` fix choices the operator set.
 
     Never raises for a model that does not fit: the plan says ``fits: false`` and why.

@@ -23,7 +23,7 @@ from server.config import Settings
 from server.gpus import DetectedGPU, match_detected, parse_gpu_spec
 from server.model_source import ModelNotFoundError, resolve_model
 
-# REFERENCE.md section 2, as the project recorded it: name, repo, L, hidden, heads, kv, inter, vocab.
+# REFERENCE.md section 2 as the project recorded it: name, repo, L, hidden, heads, kv, inter, vocab.
 REFERENCE_ARCHITECTURES = [
     ("llava-1.5-7b", "llava-hf/llava-1.5-7b-hf", 32, 4096, 32, 32, 11008, 32064),
     ("llava-1.5-13b", "llava-hf/llava-1.5-13b-hf", 40, 5120, 40, 40, 13824, 32064),
@@ -41,10 +41,18 @@ REFERENCE_ARCHITECTURES = [
 
 # Parameter counts the model cards publish (Hugging Face "Model size"), in billions.
 PUBLISHED_PARAMS_B = {
-    "llava-1.5-7b": 7.06, "llava-1.5-13b": 13.4, "llava-1.6-mistral-7b": 7.57,
-    "llava-1.6-34b": 34.8, "internvl2-1b": 0.94, "internvl2-2b": 2.21, "internvl2-4b": 4.15,
-    "internvl2-8b": 8.08, "internvl2-26b": 25.5, "internvl2-76b": 76.3,
-    "phi-3-vision": 4.15, "phi-3.5-vision": 4.15,
+    "llava-1.5-7b": 7.06,
+    "llava-1.5-13b": 13.4,
+    "llava-1.6-mistral-7b": 7.57,
+    "llava-1.6-34b": 34.8,
+    "internvl2-1b": 0.94,
+    "internvl2-2b": 2.21,
+    "internvl2-4b": 4.15,
+    "internvl2-8b": 8.08,
+    "internvl2-26b": 25.5,
+    "internvl2-76b": 76.3,
+    "phi-3-vision": 4.15,
+    "phi-3.5-vision": 4.15,
 }
 
 
@@ -208,7 +216,9 @@ def test_local_folder_resolves_to_itself(tiny_llava_dir: Path) -> None:
     assert resolved.repo_id is None
 
 
-def test_catalogue_name_resolves_to_cached_snapshot(tiny_llava_dir: Path, offline_hub: Path) -> None:
+def test_catalogue_name_resolves_to_cached_snapshot(
+    tiny_llava_dir: Path, offline_hub: Path
+) -> None:
     snapshot = _cache_snapshot(offline_hub, "llava-hf/llava-1.5-7b-hf", tiny_llava_dir)
     resolved = resolve_model("llava-1.5-7b", Settings())
     assert resolved.path == snapshot

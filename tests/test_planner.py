@@ -39,9 +39,15 @@ def test_fp16_footprint_is_within_ten_percent_of_the_source_table(name: str, row
 # fewer crops per image.
 _TIGHT = {("phi-3-vision", "RTX3070")}
 TABLE_CASES = [
-    pytest.param(name, spec, marks=pytest.mark.xfail(
-        (name, spec) in _TIGHT, reason="holds 2, not 4, maximum-size images", strict=True))
-    for name, row in ROWS for spec in (row.minimum_gpu, row.recommended_gpu)
+    pytest.param(
+        name,
+        spec,
+        marks=pytest.mark.xfail(
+            (name, spec) in _TIGHT, reason="holds 2, not 4, maximum-size images", strict=True
+        ),
+    )
+    for name, row in ROWS
+    for spec in (row.minimum_gpu, row.recommended_gpu)
 ]
 
 
@@ -50,8 +56,12 @@ def test_source_table_gpus_fit_and_hold_four_images(name: str, spec: str) -> Non
     plan = plan_for(name, spec, max_images=1)
     assert plan.fits, plan.explanation
     assert plan.max_concurrent_images >= 4, plan.explanation
-    fp16_fits = plan_model(get_model(name), parse_gpu_spec(spec), Workload(max_images=1),
-                           Overrides(quantization="none"))
+    fp16_fits = plan_model(
+        get_model(name),
+        parse_gpu_spec(spec),
+        Workload(max_images=1),
+        Overrides(quantization="none"),
+    )
     assert (plan.quantization == "none") == fp16_fits.meets_workload
 
 
@@ -137,8 +147,7 @@ def test_settings_overrides_are_applied_and_said(monkeypatch: pytest.MonkeyPatch
     assert plan.max_num_seqs == 3 and plan.gpu_memory_utilization == 0.8
     assert plan.budget_gib == pytest.approx(0.8 * 23028 / 1024, abs=0.01)
     assert any("Override max_num_seqs=3" in line for line in plan.explanation)
-    forced = plan_model(get_model("llava-1.5-7b"), parse_gpu_spec("RTX3060"), Workload(),
-                        overrides)
+    forced = plan_model(get_model("llava-1.5-7b"), parse_gpu_spec("RTX3060"), Workload(), overrides)
     assert not forced.fits and forced.quantization == "none"
 
 
@@ -154,9 +163,21 @@ def _run_plan(argv: list[str]) -> int:
 def test_plan_json_has_the_documented_keys(capsys: pytest.CaptureFixture[str]) -> None:
     assert _run_plan(["--model", "internvl2-8b", "--gpu", "A10G", "--json"]) == 0
     body = json.loads(capsys.readouterr().out)
-    for key in ("model", "gpu", "fits", "dtype", "quantization", "tensor_parallel_size",
-                "vram_fp16_gib", "weights_gib", "kv_cache_gib", "kv_cache_tokens",
-                "max_concurrent_images", "engine_args", "explanation"):
+    for key in (
+        "model",
+        "gpu",
+        "fits",
+        "dtype",
+        "quantization",
+        "tensor_parallel_size",
+        "vram_fp16_gib",
+        "weights_gib",
+        "kv_cache_gib",
+        "kv_cache_tokens",
+        "max_concurrent_images",
+        "engine_args",
+        "explanation",
+    ):
         assert key in body
     assert body["engine_args"]["limit_mm_per_prompt"] == {"image": 8}
 
@@ -211,11 +232,18 @@ def _check_with_vllm(cases: list[dict]) -> list[dict]:
     # A subprocess, so the CPU platform is pinned before vLLM's first import; VLLM_TARGET_DEVICE
     # is set for builds that read it at run time.
     env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", _ENGINE_CHECK], input=json.dumps(cases),
-                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", _ENGINE_CHECK],
+        input=json.dumps(cases),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     line = next((x for x in done.stdout.splitlines() if x.startswith("RESULTS")), None)
     assert line is not None, done.stderr[-3000:]
-    return json.loads(line[len("RESULTS"):])
+    return json.loads(line[len("RESULTS") :])
 
 
 def test_engine_args_are_accepted_by_vllm(tiny_llava_dir: Path) -> None:

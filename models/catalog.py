@@ -22,7 +22,8 @@ from models.architecture import (
 # Max image tokens for families another change is still adding, used only while
 # models.families does not know them. Phi-3-Vision: Microsoft's
 # calc_num_image_tokens_from_image_size gives (crops + 1) x 144 + 1 + (rows + 1) x 12; with
-# num_crops 16 the tallest grid (16 x 1) is 2,653. InternVL2 tiles exactly as the native InternVL family does.
+# num_crops 16 the tallest grid (16 x 1) is 2,653. InternVL2 tiles exactly as the native
+# InternVL family does.
 FALLBACK_MAX_IMAGE_TOKENS: dict[str, int | str] = {"phi3v": 2653, "internvl2": "internvl"}
 
 

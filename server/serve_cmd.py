@@ -60,6 +60,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(**given)
 
 
+def served_name(model: str, repo_id: str | None) -> str:
+    """The id clients use: a catalogue name or repo id as given, else the folder's name."""
+    return model if repo_id is not None else Path(model).expanduser().resolve().name
+
+
 def run(args: argparse.Namespace) -> int:
     """Resolve the model, build the engine and serve until SIGINT/SIGTERM."""
     import uvicorn
@@ -68,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from server.demo import DEMO_NAME, demo_checkpoint
     from server.engine.factory import EngineUnavailableError, build_engine
     from server.logs import configure_logging
+    from server.model_source import ModelNotFoundError, resolve_model
 
     settings = settings_from_args(args)
     configure_logging(settings.log_level, settings.json_logs)
@@ -81,11 +87,17 @@ def run(args: argparse.Namespace) -> int:
             model_path,
         )
     else:
-        model_path = Path(settings.model).expanduser()
+        try:
+            resolved = resolve_model(settings.model, settings)
+        except ModelNotFoundError as exc:
+            print(f"vlmserve: {exc}", file=sys.stderr)
+            return 2
+        model_path = resolved.path
         if not (model_path / "config.json").exists():
             print(f"vlmserve: {model_path} is not a model folder (no config.json)", file=sys.stderr)
             return 2
-        model_id = settings.served_model_name or model_path.name
+        model_id = settings.served_model_name or served_name(settings.model, resolved.repo_id)
+        logger.info("model %s from %s", model_id, model_path)
     try:
         engine = build_engine(settings, model_path)
     except (EngineUnavailableError, ValueError) as exc:

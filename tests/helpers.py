@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +30,17 @@ def tiny_checkpoint(family: str, root: Path) -> Path:
     if not (path / "config.json").exists():
         get_family(family).build_tiny(path)
     return path
+
+
+def hf_cache_snapshot(hf_home: Path, repo_id: str, checkpoint: Path) -> Path:
+    """Lay ``checkpoint`` out as the Hugging Face cache keeps a downloaded snapshot."""
+    repo_dir = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo_dir / "snapshots" / revision
+    shutil.copytree(checkpoint, snapshot)
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(revision)
+    return snapshot
 
 
 def free_port() -> int:

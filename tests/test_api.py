@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 
 import httpx
@@ -10,7 +13,7 @@ import openai
 import pytest
 
 from models.families import get_family
-from tests.helpers import ServerProcess, image_data_url
+from tests.helpers import REPO, ServerProcess, hf_cache_snapshot, image_data_url, start_server
 
 PROMPT = "What is in this image?"
 
@@ -349,3 +352,36 @@ def test_disconnect_while_waiting_aborts_non_streaming(demo_server: ServerProces
         )
     assert wait_for_idle(demo_server) == 0
     assert "client disconnected" in demo_server.log()
+
+
+def test_catalogue_name_serves_from_the_hf_cache_offline(tiny_model, tmp_path) -> None:
+    """`--model llava-1.5-7b` loads the snapshot already in HF_HOME, with no network."""
+    hf_home = tmp_path / "hf"
+    hf_cache_snapshot(hf_home, "llava-hf/llava-1.5-7b-hf", tiny_model("llava"))
+    server = start_server(
+        ["--model", "llava-1.5-7b"],
+        tmp_path / "server.log",
+        env={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"},
+    )
+    try:
+        assert server.model == "llava-1.5-7b"
+        reply = client(server).chat.completions.create(
+            model="llava-1.5-7b", messages=user_message(image_data_url(64, 64)), max_tokens=2
+        )
+        assert reply.usage.prompt_tokens > 576
+    finally:
+        server.stop()
+
+
+def test_absent_model_fails_at_once_with_a_clear_message(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve", "--model", "llava-1.6-34b"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 2
+    assert "llava-hf/llava-v1.6-34b-hf" in result.stderr
+    assert "Traceback" not in result.stderr

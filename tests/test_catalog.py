@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from server import models_cmd
 from server.config import Settings
 from server.gpus import DetectedGPU, match_detected, parse_gpu_spec
 from server.model_source import ModelNotFoundError, resolve_model
+from tests.helpers import hf_cache_snapshot
 
 # REFERENCE.md section 2 as the project recorded it: name, repo, L, hidden, heads, kv, inter, vocab.
 REFERENCE_ARCHITECTURES = [
@@ -191,17 +191,6 @@ def test_detected_gpus_match_the_catalogue(reported: str, memory_mib: int, expec
 # -- resolving --model --------------------------------------------------------------------------
 
 
-def _cache_snapshot(hf_home: Path, repo_id: str, checkpoint: Path) -> Path:
-    """Lay ``checkpoint`` out as the Hugging Face cache keeps a downloaded snapshot."""
-    repo_dir = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    snapshot = repo_dir / "snapshots" / revision
-    shutil.copytree(checkpoint, snapshot)
-    (repo_dir / "refs").mkdir(parents=True)
-    (repo_dir / "refs" / "main").write_text(revision)
-    return snapshot
-
-
 @pytest.fixture
 def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -219,7 +208,7 @@ def test_local_folder_resolves_to_itself(tiny_llava_dir: Path) -> None:
 def test_catalogue_name_resolves_to_cached_snapshot(
     tiny_llava_dir: Path, offline_hub: Path
 ) -> None:
-    snapshot = _cache_snapshot(offline_hub, "llava-hf/llava-1.5-7b-hf", tiny_llava_dir)
+    snapshot = hf_cache_snapshot(offline_hub, "llava-hf/llava-1.5-7b-hf", tiny_llava_dir)
     resolved = resolve_model("llava-1.5-7b", Settings())
     assert resolved.path == snapshot
     assert (resolved.path / "config.json").is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import time
@@ -385,3 +386,15 @@ def test_absent_model_fails_at_once_with_a_clear_message(tmp_path) -> None:
     assert result.returncode == 2
     assert "llava-hf/llava-v1.6-34b-hf" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_metrics_the_chart_scales_on_are_exported(demo_server: ServerProcess) -> None:
+    """Every vlmserve_* metric the Helm chart names is one the server exports."""
+    named = set()
+    for path in (REPO / "helm").rglob("*"):
+        if path.is_file():
+            named |= set(re.findall(r"vlmserve_[a-z_]+", path.read_text()))
+    exported = httpx.get(demo_server.url + "/metrics").text
+    assert named, "the chart names no metric"
+    for name in named:
+        assert f"\n{name} " in exported or f"\n{name}{{" in exported, name

@@ -13,7 +13,7 @@ global image, so an image of ``rows`` x ``cols`` crops takes
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -126,7 +126,7 @@ class Phi3VImageProcessor(BaseImageProcessor):
     ``image_mean``, ``image_std``); ``num_crops`` can be overridden per call.
     """
 
-    model_input_names = ["pixel_values", "image_sizes"]
+    model_input_names: ClassVar[list[str]] = ["pixel_values", "image_sizes"]
 
     def __init__(
         self,

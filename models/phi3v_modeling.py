@@ -9,7 +9,7 @@ The config is Microsoft's ``phi3_v`` config, read by :class:`Phi3VConfig` withou
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from huggingface_hub.dataclasses import strict
@@ -55,6 +55,15 @@ def features_layers(img_processor: dict[str, Any]) -> int:
     return layer_idx if layer_idx >= 0 else CLIP_LAYERS + layer_idx + 1
 
 
+class ClipHolder(nn.Module):
+    """Holds CLIP under ``vision_model``: the original (transformers 4) CLIPVisionModel nesting,
+    which Microsoft's weight names keep and transformers 5's flattened class no longer has."""
+
+    def __init__(self, config: CLIPVisionConfig) -> None:
+        super().__init__()
+        self.vision_model = CLIPVisionModel(config)
+
+
 class Phi3VImageEmbedding(nn.Module):
     """CLIP features of the global image and the crops, merged 2x2, laid out with separators and
     projected to the language model's width (``hd_transform_order: sub_glb``)."""
@@ -63,7 +72,7 @@ class Phi3VImageEmbedding(nn.Module):
         super().__init__()
         img_processor = config.img_processor or {}
         self.image_dim_out = int(img_processor.get("image_dim_out", 1024))
-        self.img_processor = CLIPVisionModel(clip_l14_336(features_layers(img_processor)))
+        self.img_processor = ClipHolder(clip_l14_336(features_layers(img_processor)))
         merged = self.image_dim_out * 4
         self.glb_GN = nn.Parameter(torch.zeros(1, 1, merged))
         self.sub_GN = nn.Parameter(torch.zeros(1, 1, 1, merged))
@@ -74,7 +83,7 @@ class Phi3VImageEmbedding(nn.Module):
 
     def _merged_crops(self, crops: torch.Tensor) -> torch.Tensor:
         """(N, 12, 12, 4C) features: CLIP patch features with each 2x2 block concatenated."""
-        features = self.img_processor(pixel_values=crops).last_hidden_state[:, 1:]
+        features = self.img_processor.vision_model(pixel_values=crops).last_hidden_state[:, 1:]
         n, _, c = features.shape
         side = MERGED_SIDE
         return (
@@ -116,7 +125,7 @@ class Phi3VForCausalLM(Phi3ForCausalLM):
     """Phi-3-Vision: image features replace the ``<|image|>`` (or negative) ids, then Phi-3 runs."""
 
     config_class = Phi3VConfig
-    _keys_to_ignore_on_load_unexpected = [
+    _keys_to_ignore_on_load_unexpected: ClassVar[list[str]] = [
         r"vision_embed_tokens\.img_processor\.vision_model\.encoder\.layers\.\d+\.",
         r"vision_embed_tokens\.img_processor\.vision_model\.post_layernorm\.",
         r"vision_embed_tokens\.wte\.",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any, overload
+from typing import Any, ClassVar, overload
 
 import torch
 from PIL import Image
@@ -45,9 +45,7 @@ class Phi3VProcessor(ProcessorMixin):
     """Tokenizer plus :class:`Phi3VImageProcessor`, producing what :mod:`models.phi3v_modeling` and
     vLLM's ``Phi3VForCausalLM`` expect."""
 
-    attributes = ["image_processor", "tokenizer"]
-    image_processor_class = "Phi3VImageProcessor"
-    tokenizer_class = "AutoTokenizer"
+    attributes: ClassVar[list[str]] = ["image_processor", "tokenizer"]
 
     def __init__(
         self,

@@ -48,6 +48,14 @@ class Phi3VConfig(Phi3Config):
     embd_layer: dict | None = None
     img_processor: dict | None = None
 
+    def convert_rope_params_to_dict(self, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        """Phi-3's "su" scaling; transformers 5 wants the original context inside it."""
+        kwargs = super().convert_rope_params_to_dict(**kwargs)
+        if self.rope_parameters.get("rope_type") == "longrope":
+            self.rope_parameters.setdefault(
+                "original_max_position_embeddings", self.original_max_position_embeddings)
+        return kwargs
+
 
 def features_layers(img_processor: dict[str, Any]) -> int:
     """CLIP layers to run: the original takes ``hidden_states[layer_idx]`` of a 24-layer CLIP."""

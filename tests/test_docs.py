@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from server.cli import build_parser
 from server.config import Settings
-from server.settings_doc import settings_table
+from server.settings_doc import readme_table, settings_table
 from tests.helpers import REPO
 
 
 def test_readme_settings_table_is_current() -> None:
     readme = (REPO / "README.md").read_text()
-    start = readme.index("<!-- settings-table:start -->\n") + len("<!-- settings-table:start -->\n")
-    end = readme.index("\n<!-- settings-table:end -->")
-    assert readme[start:end] == settings_table(), "run: python -m server.settings_doc"
+    assert readme_table(readme) == settings_table(), "run: python -m server.settings_doc"
 
 
 def test_every_setting_is_a_serve_flag() -> None:

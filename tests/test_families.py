@@ -1,4 +1,8 @@
-"""Model families: image-token rules against the real processors, prompt formats, tiny builds."""
+"""Model families: image-token rules against the real processors, prompt formats, tiny builds.
+
+The transformers-native families are checked here through ``AutoProcessor``; the original-format
+families (phi3v, internvl2) have their own processors and their own test files.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from transformers import AutoProcessor
 from models.families import FAMILIES, family_for_checkpoint, get_family
 from server.cli import main
 
+NATIVE = ("llava", "llava-next", "internvl")
 SIZES = [(336, 336), (640, 480), (1024, 200), (100, 900), (672, 672), (2000, 1000), (33, 17)]
 
 
@@ -28,7 +33,7 @@ def image_token_count(processor, family: str, size: tuple[int, int], detail: str
     return with_image["input_ids"].shape[1] - len(without["input_ids"])
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", NATIVE)
 @pytest.mark.parametrize("detail", ["high", "low"])
 def test_image_token_rule_matches_processor(tiny_model, family: str, detail: str) -> None:
     processor = AutoProcessor.from_pretrained(tiny_model(family))
@@ -39,7 +44,7 @@ def test_image_token_rule_matches_processor(tiny_model, family: str, detail: str
         ), size
 
 
-@pytest.mark.parametrize("family", ["llava-next", "internvl"])
+@pytest.mark.parametrize("family", ["llava-next", "internvl", "internvl2", "phi3v"])
 def test_low_detail_cuts_tokens_for_large_images(family: str) -> None:
     rule = get_family(family)
     assert rule.image_tokens(1600, 1200, "low") < rule.image_tokens(1600, 1200, "high")
@@ -62,7 +67,7 @@ EXPECTED_PROMPTS = {
 }
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", NATIVE)
 def test_prompt_format(tiny_model, family: str) -> None:
     processor = AutoProcessor.from_pretrained(tiny_model(family))
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}]
@@ -74,7 +79,8 @@ def test_prompt_format(tiny_model, family: str) -> None:
 def test_tiny_checkpoint_is_small_and_recognised(tiny_model, family: str) -> None:
     path = tiny_model(family)
     size = sum(f.stat().st_size for f in path.iterdir())
-    assert size < 2_000_000
+    # phi3v keeps the real 32,064-token vocabulary (vLLM hard-codes its image token id).
+    assert size < 16_000_000
     assert family_for_checkpoint(path).name == family
     config = json.loads((path / "config.json").read_text())
     assert config["architectures"] == list(get_family(family).architectures)

@@ -3,49 +3,22 @@
 server/config.py `Settings` is the one list of settings. The chart sets a few of them itself (the
 VLMSERVE_* names written in its templates) and passes the rest through `settings:` maps, whose
 allowed keys and types in values.schema.json must equal what `Settings` declares. Add a field to
-`Settings` and test_settings_schema_matches_the_server fails, printing the block to paste.
+`Settings` and test_settings_schema_matches_the_server fails until `python -m server.settings_doc`
+rewrites the block.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import helm_python as helm
 import pytest
 
 from server.config import Settings
-
-CHART = Path(__file__).resolve().parents[1] / "helm" / "vlmserve"
-ENV_NAME = re.compile(r"\bVLMSERVE_[A-Z0-9_]+\b")
-
-
-def env_to_field(name: str) -> str:
-    return name.removeprefix("VLMSERVE_").lower()
-
-
-def chart_owned_settings() -> set[str]:
-    """Settings the templates set by name, parsed from the template sources."""
-    text = "".join(p.read_text() for p in (CHART / "templates").iterdir())
-    return {env_to_field(n) for n in ENV_NAME.findall(text)}
-
-
-def expected_settings_schema() -> dict[str, Any]:
-    """definitions.settings as derived from `Settings`: every field the chart does not own."""
-    owned = chart_owned_settings()
-    properties = {
-        name: {k: v for k, v in prop.items() if k not in ("title", "default")}
-        for name, prop in Settings.model_json_schema()["properties"].items()
-        if name not in owned
-    }
-    return {
-        "type": "object",
-        "description": "vlmserve settings (server/config.py), each rendered as VLMSERVE_<NAME>.",
-        "additionalProperties": False,
-        "properties": properties,
-    }
+from server.settings_doc import CHART, ENV_NAME, chart_owned_settings, env_to_field
+from server.settings_doc import chart_settings_schema as expected_settings_schema
 
 
 def schema() -> dict[str, Any]:
@@ -81,8 +54,8 @@ def test_settings_schema_matches_the_server() -> None:
     expected = expected_settings_schema()
     actual = schema()["definitions"]["settings"]
     assert actual == expected, (
-        "values.schema.json definitions.settings is out of date with server/config.py; replace it "
-        "with:\n" + json.dumps(expected, indent=2)
+        "values.schema.json definitions.settings is out of date with server/config.py; run: "
+        "python -m server.settings_doc"
     )
 
 

@@ -172,6 +172,61 @@ def test_two_images_in_order(family: str, vllm_mod: Any, vllm_setup: Any) -> Non
     assert sum(lengths) == count_image_tokens(fam, images)
 
 
+def processor_refuses_placeholder_text(path: Path) -> bool:
+    """Whether the checkpoint's HF processor refuses an image placeholder without an image.
+
+    transformers 5.23 does (5.18 and older do not); vLLM 0.26.0 sizes its encoder budget by running the processor on
+    the placeholder text alone, so for LLaVA ``AsyncLLM`` cannot even be constructed then.
+    """
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(path)
+    try:
+        processor(text=processor.image_token)
+    except ValueError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vllm_input_processor_accepts_the_rendered_request(
+    family: str,
+    vllm_mod: Any,
+    vllm_setup: Any,
+    tiny_vllm_model: Callable[[str], Path],
+    request: pytest.FixtureRequest,
+) -> None:
+    """What ``AsyncLLM.generate`` does with our input before the engine core sees it."""
+    from vllm.v1.engine.input_processor import InputProcessor
+
+    # vLLM's profiling text for InternVL is not the processor's own image token, so only the
+    # LLaVA processors trip over it.
+    if family != "internvl" and processor_refuses_placeholder_text(tiny_vllm_model(family)):
+        request.applymarker(
+            pytest.mark.xfail(
+                reason="vLLM 0.26.0 with transformers newer than 5.18: encoder-budget "
+                "profiling fails for LLaVA (the gpu extra pins transformers < 5.17)",
+                raises=ValueError,
+                strict=True,
+            )
+        )
+    config, renderer = vllm_setup(family)
+    fam = get_family(family)
+    images = [ImageInput(image(), "high"), ImageInput(image((640, 480)), "high")]
+    engine_input = asyncio.run(vllm_mod.render_request(renderer, fam, chat(images)))
+    options = SamplingOptions(max_tokens=5, n=2, logprobs=True, top_logprobs=2)
+    processor = InputProcessor(config, renderer)
+    core_request = processor.process_inputs(
+        "req-1", engine_input, vllm_mod.sampling_params(options), supported_tasks=("generate",)
+    )
+    assert len(core_request.prompt_token_ids) == len(engine_input["prompt_token_ids"])
+    assert [f.mm_position.length for f in core_request.mm_features] == [
+        fam.image_tokens(*LARGE),
+        fam.image_tokens(640, 480),
+    ]
+    assert (core_request.sampling_params.n, core_request.sampling_params.logprobs) == (2, 2)
+
+
 def test_internvl_refuses_mixed_detail_in_one_request(vllm_mod: Any) -> None:
     images = [ImageInput(image(), "low"), ImageInput(image(), "high")]
     with pytest.raises(BadRequestError) as err:

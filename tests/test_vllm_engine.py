@@ -138,7 +138,8 @@ def test_rendered_prompt_has_the_predicted_image_tokens(
     fam = get_family(family)
     request = chat([ImageInput(image(), detail)])  # type: ignore[arg-type]
     engine_input = asyncio.run(vllm_mod.render_request(renderer, fam, request))
-    assert placeholder_lengths(engine_input) == [fam.image_tokens(*LARGE, detail)]  # type: ignore[arg-type]
+    expected = fam.image_tokens(*LARGE, detail)  # type: ignore[arg-type]
+    assert placeholder_lengths(engine_input) == [expected]
     image_token = engine_input["mm_placeholders"]["image"][0]
     ids = engine_input["prompt_token_ids"]
     assert len(ids) > image_token.offset + image_token.length
@@ -175,8 +176,9 @@ def test_two_images_in_order(family: str, vllm_mod: Any, vllm_setup: Any) -> Non
 def processor_refuses_placeholder_text(path: Path) -> bool:
     """Whether the checkpoint's HF processor refuses an image placeholder without an image.
 
-    transformers 5.23 does (5.18 and older do not); vLLM 0.26.0 sizes its encoder budget by running the processor on
-    the placeholder text alone, so for LLaVA ``AsyncLLM`` cannot even be constructed then.
+    transformers 5.23 does (5.18 and older do not); vLLM 0.26.0 sizes its encoder budget by
+    running the processor on the placeholder text alone, so for LLaVA ``AsyncLLM`` cannot even
+    be constructed then.
     """
     from transformers import AutoProcessor
 

@@ -148,5 +148,5 @@ def run(args: argparse.Namespace) -> int:
     """Write the folder and say how to serve it."""
     path = write_full_config(args.name, args.out_dir)
     print(f"wrote a full-size {args.name} configuration (no weights) to {path}")
-    print(f"serve it with: VLMSERVE_LOAD_FORMAT=dummy vlmserve serve --engine vllm --model {path}")
+    print(f"serve it with: vlmserve serve --engine vllm --load-format dummy --model {path}")
     return 0

@@ -390,7 +390,8 @@ def test_engine_streams_and_aborts_on_gpu(tiny_vllm_model: Callable[[str], Path]
     from server.engine.vllm_engine import VLLMEngine, engine_args_from_settings
 
     async def scenario() -> None:
-        path = tiny_vllm_model("llava")
+        # InternVL: the family whose vLLM path also works with the newest transformers.
+        path = tiny_vllm_model("internvl")
         settings = Settings(max_model_len=4096, gpu_memory_utilization=0.3)
         engine = VLLMEngine(
             path, engine_args_from_settings(settings, path, {"enforce_eager": True})
@@ -400,7 +401,7 @@ def test_engine_streams_and_aborts_on_gpu(tiny_vllm_model: Callable[[str], Path]
             request = chat([ImageInput(image(), "high")])
             engine.check(request)
             outputs = [out async for out in engine.generate(request)]
-            assert outputs[0].prompt_tokens > 576
+            assert outputs[0].prompt_tokens > get_family("internvl").image_tokens(*LARGE)
             assert outputs[-1].deltas[-1].finish_reason in ("stop", "length")
             long = chat([ImageInput(image(), "high")])
             long.request_id = "req-long"
@@ -409,7 +410,12 @@ def test_engine_streams_and_aborts_on_gpu(tiny_vllm_model: Callable[[str], Path]
             await stream.__anext__()
             assert engine.stats().running == 1
             await stream.aclose()
-            await asyncio.sleep(0.5)
+            # Had the abort not reached the engine core, the long request would still run
+            # next to the follow-up one.
+            follow_up = chat([ImageInput(image((448, 448)), "low")])
+            follow_up.request_id = "req-after"
+            running = [engine.stats().running async for _ in engine.generate(follow_up)]
+            assert max(running) == 1
             assert engine.stats().running == 0
         finally:
             await engine.shutdown()

@@ -245,9 +245,11 @@ async def render_request(
         mm_processor_kwargs=kwargs,
     )
     extras = {"mm_processor_kwargs": kwargs} if kwargs else None
+    # vLLM types chat messages as OpenAI TypedDicts; ours are plain dicts of the same shape.
+    conversation: list[Any] = vllm_messages(family, request)
     try:
         _, (engine_input,) = await renderer.render_chat_async(
-            [vllm_messages(family, request)], params, prompt_extras=extras
+            [conversation], params, prompt_extras=extras
         )
     except ValueError as exc:
         raise BadRequestError(str(exc), param="messages") from exc

@@ -53,7 +53,8 @@ class ModelFamily(abc.ABC):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         processor = AutoProcessor.from_pretrained(path)
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype="auto").to(device).eval()
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype="auto")
+        model = model.to(device).eval()  # type: ignore[arg-type]
         if processor.chat_template is None:
             processor.chat_template = self.chat_template
         return model, processor

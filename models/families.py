@@ -7,10 +7,14 @@ from pathlib import Path
 
 from models.base import ModelFamily
 from models.internvl import InternVL
+from models.internvl2 import InternVL2
 from models.llava import Llava15
 from models.llava_next import LlavaNext
+from models.phi3v import Phi3V
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (Llava15(), LlavaNext(), InternVL())}
+FAMILIES: dict[str, ModelFamily] = {
+    f.name: f for f in (Llava15(), LlavaNext(), InternVL(), InternVL2(), Phi3V())
+}
 
 
 def get_family(name: str) -> ModelFamily:

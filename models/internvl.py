@@ -28,8 +28,12 @@ def tile_grid(width: int, height: int, max_tiles: int = MAX_TILES) -> tuple[int,
     Ties go to the larger grid while the image is large enough to fill more than half of it.
     """
     grids = sorted(
-        ((cols, rows) for cols in range(1, max_tiles + 1) for rows in range(1, max_tiles + 1)
-         if cols * rows <= max_tiles),
+        (
+            (cols, rows)
+            for cols in range(1, max_tiles + 1)
+            for rows in range(1, max_tiles + 1)
+            if cols * rows <= max_tiles
+        ),
         key=lambda g: g[0] * g[1],
     )
     aspect, area = width / height, width * height
@@ -93,9 +97,20 @@ class InternVL(ModelFamily):
         from models.tiny import TINY_TEXT, TINY_VISION, save_checkpoint, train_tokenizer
 
         tokenizer = train_tokenizer(
-            ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>",
-             "<IMG_CONTEXT>", "<video>"],
-            bos="<|im_start|>", eos="<|im_end|>", unk="<unk>", pad="<|endoftext|>",
+            [
+                "<unk>",
+                "<|endoftext|>",
+                "<|im_start|>",
+                "<|im_end|>",
+                "<img>",
+                "</img>",
+                "<IMG_CONTEXT>",
+                "<video>",
+            ],
+            bos="<|im_start|>",
+            eos="<|im_end|>",
+            unk="<unk>",
+            pad="<|endoftext|>",
             extra_special_tokens={
                 "start_image_token": "<img>",
                 "end_image_token": "</img>",
@@ -128,6 +143,9 @@ class InternVL(ModelFamily):
             chat_template=self.chat_template,
         )
         return save_checkpoint(
-            out_dir, InternVLForConditionalGeneration, config, processor,
-            eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+            out_dir,
+            InternVLForConditionalGeneration,
+            config,
+            processor,
+            eos_token_id=tokenizer.eos_token_id,
         )

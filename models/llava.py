@@ -7,7 +7,7 @@ its size or detail.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from models.base import Detail, ModelFamily, content_template
 
@@ -28,6 +28,42 @@ def clip_vision_config() -> dict[str, object]:
         "projection_dim": TINY_VISION["hidden_size"],
         **TINY_VISION,
     }
+
+
+def llava_config_kwargs(tokenizer: Any, text_model_type: str, **text: Any) -> dict[str, Any]:
+    """Config fields the tiny LLaVA-1.5 and LLaVA-NeXT share: CLIP-336 tower, tiny text model."""
+    from models.tiny import TINY_TEXT
+
+    return {
+        "vision_config": clip_vision_config(),
+        "text_config": {
+            "model_type": text_model_type,
+            "vocab_size": len(tokenizer),
+            **TINY_TEXT,
+            **text,
+        },
+        "image_token_index": tokenizer.convert_tokens_to_ids("<image>"),
+        "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "default",
+    }
+
+
+def llava_processor_kwargs(tokenizer: Any, chat_template: str) -> dict[str, Any]:
+    """Processor fields both LLaVA processors take: 576 tokens per 336 crop, CLS dropped."""
+    return {
+        "tokenizer": tokenizer,
+        "patch_size": CLIP_PATCH_SIZE,
+        "vision_feature_select_strategy": "default",
+        "num_additional_image_tokens": 1,
+        "chat_template": chat_template,
+    }
+
+
+#: The 336x336 crop both LLaVA image processors resize to.
+CLIP_SIZES: dict[str, Any] = {
+    "size": {"shortest_edge": CLIP_IMAGE_SIZE},
+    "crop_size": {"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE},
+}
 
 
 def llava_tokenizer():  # type: ignore[no-untyped-def]
@@ -76,29 +112,18 @@ class Llava15(ModelFamily):
             LlavaProcessor,
         )
 
-        from models.tiny import TINY_TEXT, save_checkpoint
+        from models.tiny import save_checkpoint
 
         tokenizer = llava_tokenizer()
-        config = LlavaConfig(
-            vision_config=clip_vision_config(),
-            text_config={"model_type": "llama", "vocab_size": len(tokenizer), **TINY_TEXT},
-            image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-            vision_feature_layer=-2,
-            vision_feature_select_strategy="default",
-        )
-        image_processor = CLIPImageProcessor(
-            size={"shortest_edge": CLIP_IMAGE_SIZE},
-            crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE},
-        )
+        config = LlavaConfig(**llava_config_kwargs(tokenizer, "llama"))
         processor = LlavaProcessor(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            patch_size=CLIP_PATCH_SIZE,
-            vision_feature_select_strategy="default",
-            num_additional_image_tokens=1,
-            chat_template=self.chat_template,
+            image_processor=CLIPImageProcessor(**CLIP_SIZES),
+            **llava_processor_kwargs(tokenizer, self.chat_template),
         )
         return save_checkpoint(
-            out_dir, LlavaForConditionalGeneration, config, processor,
+            out_dir,
+            LlavaForConditionalGeneration,
+            config,
+            processor,
             eos_token_id=tokenizer.eos_token_id,
         )

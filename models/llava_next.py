@@ -18,7 +18,9 @@ from models.llava import (
     CLIP_GRID_TOKENS,
     CLIP_IMAGE_SIZE,
     CLIP_PATCH_SIZE,
-    clip_vision_config,
+    CLIP_SIZES,
+    llava_config_kwargs,
+    llava_processor_kwargs,
     llava_tokenizer,
 )
 
@@ -109,37 +111,23 @@ class LlavaNext(ModelFamily):
             LlavaNextProcessor,
         )
 
-        from models.tiny import TINY_TEXT, save_checkpoint
+        from models.tiny import save_checkpoint
 
         tokenizer = llava_tokenizer()
         pinpoints = [list(p) for p in GRID_PINPOINTS]
+        # Mistral-7B-Instruct-v0.2, LLaVA-1.6's language model, has no sliding window.
         config = LlavaNextConfig(
-            vision_config=clip_vision_config(),
-            text_config={
-                "model_type": "mistral",
-                "vocab_size": len(tokenizer),
-                "sliding_window": None,
-                **TINY_TEXT,
-            },
-            image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-            image_grid_pinpoints=pinpoints,
-            vision_feature_layer=-2,
-            vision_feature_select_strategy="default",
-        )
-        image_processor = LlavaNextImageProcessor(
-            size={"shortest_edge": CLIP_IMAGE_SIZE},
-            crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE},
+            **llava_config_kwargs(tokenizer, "mistral", sliding_window=None),
             image_grid_pinpoints=pinpoints,
         )
         processor = LlavaNextProcessor(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            patch_size=CLIP_PATCH_SIZE,
-            vision_feature_select_strategy="default",
-            num_additional_image_tokens=1,
-            chat_template=self.chat_template,
+            image_processor=LlavaNextImageProcessor(**CLIP_SIZES, image_grid_pinpoints=pinpoints),
+            **llava_processor_kwargs(tokenizer, self.chat_template),
         )
         return save_checkpoint(
-            out_dir, LlavaNextForConditionalGeneration, config, processor,
+            out_dir,
+            LlavaNextForConditionalGeneration,
+            config,
+            processor,
             eos_token_id=tokenizer.eos_token_id,
         )

@@ -15,6 +15,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("server.serve_cmd", "Start the OpenAI-compatible server."),
     "tiny-model": ("models.tiny_cmd", "Write a tiny random-weight checkpoint for a model family."),
+    "models": ("server.models_cmd", "List the model catalogue with sizes and suggested GPUs."),
+    "plan": ("server.plan_cmd", "Size a catalogue model to a GPU: dtype, quantization, KV cache."),
     "full-config": (
         "models.full_config",
         "Write a full-size model folder without weights (for load_format=dummy benchmarks).",

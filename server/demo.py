@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 DEMO_FAMILY = "llava"
 DEMO_NAME = "vlmserve-demo-llava"
 #: Bump when the tiny builder changes, so a stale cached demo is rebuilt.
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 
 
 def demo_checkpoint(cache_dir: Path) -> Path:

@@ -33,11 +33,14 @@ def decode_data_url(url: str, param: str, limits: ImageLimits) -> bytes:
     """The bytes of a base64 ``data:`` URL, or a 400 naming ``param``."""
     match = _DATA_URL.match(url)
     if not match:
-        raise BadRequestError("Image data URLs must look like data:image/png;base64,...", param=param)
+        raise BadRequestError(
+            "Image data URLs must look like data:image/png;base64,...", param=param
+        )
     payload = url[match.end() :]
     if len(payload) * 3 // 4 > limits.max_bytes:
         raise BadRequestError(
-            f"Image is larger than the {limits.max_bytes}-byte limit.", param=param,
+            f"Image is larger than the {limits.max_bytes}-byte limit.",
+            param=param,
             code="image_too_large",
         )
     try:
@@ -49,7 +52,8 @@ def decode_data_url(url: str, param: str, limits: ImageLimits) -> bytes:
 def _open_checked(data: bytes, param: str, limits: ImageLimits) -> Image.Image:
     if len(data) > limits.max_bytes:
         raise BadRequestError(
-            f"Image is larger than the {limits.max_bytes}-byte limit.", param=param,
+            f"Image is larger than the {limits.max_bytes}-byte limit.",
+            param=param,
             code="image_too_large",
         )
     try:
@@ -60,15 +64,24 @@ def _open_checked(data: bytes, param: str, limits: ImageLimits) -> Image.Image:
             if width * height > limits.max_pixels:
                 raise BadRequestError(
                     f"Image is {width}x{height} pixels, more than the {limits.max_pixels}-pixel "
-                    "limit.", param=param, code="image_too_large",
+                    "limit.",
+                    param=param,
+                    code="image_too_large",
                 )
             image.load()
-            image = ImageOps.exif_transpose(image) or image
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning):
-        raise BadRequestError("The data is not a readable image.", param=param,
-                              code="invalid_image") from None
+            upright = ImageOps.exif_transpose(image) or image
+            return upright.convert("RGB")
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ):
+        raise BadRequestError(
+            "The data is not a readable image.", param=param, code="invalid_image"
+        ) from None
 
 
 async def decode_image(data: bytes, param: str, limits: ImageLimits) -> Image.Image:
@@ -81,6 +94,7 @@ async def load_image(url: str, param: str, limits: ImageLimits) -> Image.Image:
     if url[:5].lower() == "data:":
         return await decode_image(decode_data_url(url, param, limits), param, limits)
     raise BadRequestError(
-        "Only data: image URLs are accepted by this server.", param=param,
+        "Only data: image URLs are accepted by this server.",
+        param=param,
         code="unsupported_image_url",
     )

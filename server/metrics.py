@@ -31,7 +31,8 @@ class _EngineCollector(Collector):
         )
         if stats.kv_cache_usage is not None:
             yield GaugeMetricFamily(
-                "vlmserve_kv_cache_usage_ratio", "Share of the KV cache in use.",
+                "vlmserve_kv_cache_usage_ratio",
+                "Share of the KV cache in use.",
                 stats.kv_cache_usage,
             )
 
@@ -42,19 +43,26 @@ class Metrics:
     def __init__(self, engine_stats: Callable[[], EngineStats | None]) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "vlmserve_requests", "Chat completion requests by HTTP status.", ["status"],
+            "vlmserve_requests",
+            "Chat completion requests by HTTP status.",
+            ["status"],
             registry=self.registry,
         )
         self.latency = Histogram(
-            "vlmserve_request_duration_seconds", "Time from request to last token.",
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "vlmserve_request_duration_seconds",
+            "Time from request to last token.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.ttft = Histogram(
-            "vlmserve_time_to_first_token_seconds", "Time from request to first token.",
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "vlmserve_time_to_first_token_seconds",
+            "Time from request to first token.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.prompt_tokens = Counter(
-            "vlmserve_prompt_tokens", "Prompt tokens processed (image tokens included).",
+            "vlmserve_prompt_tokens",
+            "Prompt tokens processed (image tokens included).",
             registry=self.registry,
         )
         self.generation_tokens = Counter(

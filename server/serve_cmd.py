@@ -39,8 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help_text = f"{info.description} [env VLMSERVE_{name.upper()}; default: {default}]"
         flag = "--" + name.replace("_", "-")
         if kind is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
-                                default=None, help=help_text)
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
             continue
         parser.add_argument(
             flag,
@@ -59,6 +60,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(**given)
 
 
+def served_name(model: str, repo_id: str | None) -> str:
+    """The id clients use: a catalogue name or repo id as given, else the folder's name."""
+    return model if repo_id is not None else Path(model).expanduser().resolve().name
+
+
 def run(args: argparse.Namespace) -> int:
     """Resolve the model, build the engine and serve until SIGINT/SIGTERM."""
     import uvicorn
@@ -67,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from server.demo import DEMO_NAME, demo_checkpoint
     from server.engine.factory import EngineUnavailableError, build_engine
     from server.logs import configure_logging
+    from server.model_source import ModelNotFoundError, resolve_model
 
     settings = settings_from_args(args)
     configure_logging(settings.log_level, settings.json_logs)
@@ -76,14 +83,21 @@ def run(args: argparse.Namespace) -> int:
         logger.warning(
             "no --model given: serving the tiny built-in demo model %r from %s. It has random "
             "weights, so its answers are random text; pass --model to serve a real model.",
-            model_id, model_path,
+            model_id,
+            model_path,
         )
     else:
-        model_path = Path(settings.model).expanduser()
+        try:
+            resolved = resolve_model(settings.model, settings)
+        except ModelNotFoundError as exc:
+            print(f"vlmserve: {exc}", file=sys.stderr)
+            return 2
+        model_path = resolved.path
         if not (model_path / "config.json").exists():
             print(f"vlmserve: {model_path} is not a model folder (no config.json)", file=sys.stderr)
             return 2
-        model_id = settings.served_model_name or model_path.name
+        model_id = settings.served_model_name or served_name(settings.model, resolved.repo_id)
+        logger.info("model %s from %s", model_id, model_path)
     try:
         engine = build_engine(settings, model_path)
     except (EngineUnavailableError, ValueError) as exc:
@@ -91,8 +105,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     app = create_app(settings, engine, model_id)
     server = uvicorn.Server(
-        uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                       timeout_graceful_shutdown=settings.shutdown_grace_seconds)
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            timeout_graceful_shutdown=round(settings.shutdown_grace_seconds),
+        )
     )
     failures: list[BaseException] = []
 

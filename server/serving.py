@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,7 +82,8 @@ class ChatHandler:
         if body.model != self.model_id:
             raise NotFoundError(
                 f"The model '{body.model}' does not exist; this server serves '{self.model_id}'.",
-                param="model", code="model_not_found",
+                param="model",
+                code="model_not_found",
             )
         messages, images = await self._messages(body.messages)
         request = EngineRequest(request_id, messages, images, self._sampling(body))
@@ -113,7 +114,9 @@ class ChatHandler:
         if len(pending) > self.settings.max_images_per_request:
             raise BadRequestError(
                 f"A request may carry at most {self.settings.max_images_per_request} images; "
-                f"this one has {len(pending)}.", param="messages", code="too_many_images",
+                f"this one has {len(pending)}.",
+                param="messages",
+                code="too_many_images",
             )
         decoded = await asyncio.gather(*(coro for coro, _ in pending))
         self.metrics.images.inc(len(decoded))
@@ -122,7 +125,8 @@ class ChatHandler:
     def _sampling(self, body: ChatCompletionRequest) -> SamplingOptions:
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
         return SamplingOptions(
-            max_tokens=body.max_completion_tokens or body.max_tokens
+            max_tokens=body.max_completion_tokens
+            or body.max_tokens
             or self.settings.default_max_tokens,
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p,
@@ -149,18 +153,19 @@ class ChatHandler:
             for i, (text, reason) in enumerate(zip(tally.texts, tally.reasons, strict=True))
         ]
         return ChatCompletion(
-            id=completion_id(), created=now(), model=self.model_id, choices=choices,
+            id=completion_id(),
+            created=now(),
+            model=self.model_id,
+            choices=choices,
             usage=tally.usage(),
         )
 
-    async def open_stream(
-        self, request: EngineRequest, include_usage: bool
-    ) -> AsyncIterator[str]:
+    async def open_stream(self, request: EngineRequest, include_usage: bool) -> AsyncIterator[str]:
         """Start a request and wait for its first output, so early errors are plain HTTP errors.
 
         Returns the server-sent events; closing them aborts the request.
         """
-        outputs = aiter(self.engine.generate(request))
+        outputs = self.engine.generate(request)
         try:
             first = await anext(outputs)
         except BaseException:
@@ -172,15 +177,17 @@ class ChatHandler:
         self,
         request: EngineRequest,
         first: EngineOutput,
-        outputs: AsyncIterator[EngineOutput],
+        outputs: AsyncGenerator[EngineOutput, None],
         include_usage: bool,
     ) -> AsyncIterator[str]:
         tally = _Tally([""] * request.sampling.n, [None] * request.sampling.n)
         chunk = _ChunkWriter(completion_id(), now(), self.model_id)
         try:
             yield chunk.choices(
-                [ChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))
-                 for i in range(request.sampling.n)]
+                [
+                    ChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))
+                    for i in range(request.sampling.n)
+                ]
             )
             output: EngineOutput | None = first
             while output is not None:
@@ -188,8 +195,14 @@ class ChatHandler:
                 deltas = [d for d in output.deltas if d.text or d.finish_reason]
                 if deltas:
                     yield chunk.choices(
-                        [ChunkChoice(index=d.index, delta=DeltaMessage(content=d.text or None),
-                                     finish_reason=d.finish_reason) for d in deltas]
+                        [
+                            ChunkChoice(
+                                index=d.index,
+                                delta=DeltaMessage(content=d.text or None),
+                                finish_reason=d.finish_reason,
+                            )
+                            for d in deltas
+                        ]
                     )
                 output = await anext(outputs, None)
             self._record(tally)
@@ -201,7 +214,7 @@ class ChatHandler:
             logger.exception("stream failed for %s", request.request_id)
             yield _sse(InternalError("The server had an error while streaming.").body())
         finally:
-            await outputs.aclose()  # type: ignore[attr-defined]
+            await outputs.aclose()
         yield "data: [DONE]\n\n"
 
     def _record(self, tally: _Tally) -> None:
@@ -221,14 +234,18 @@ class _ChunkWriter:
     model: str
 
     def choices(self, choices: list[ChunkChoice]) -> str:
-        return _sse(ChatCompletionChunk(
-            id=self.id, created=self.created, model=self.model, choices=choices
-        ).model_dump(exclude_none=False))
+        return _sse(
+            ChatCompletionChunk(
+                id=self.id, created=self.created, model=self.model, choices=choices
+            ).model_dump(exclude_none=False)
+        )
 
     def usage(self, usage: Usage) -> str:
-        return _sse(ChatCompletionChunk(
-            id=self.id, created=self.created, model=self.model, choices=[], usage=usage
-        ).model_dump())
+        return _sse(
+            ChatCompletionChunk(
+                id=self.id, created=self.created, model=self.model, choices=[], usage=usage
+            ).model_dump()
+        )
 
 
 def _sse(payload: dict[str, Any]) -> str:

@@ -9,7 +9,7 @@ task was cancelled) must abort the request inside the engine.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -122,11 +122,12 @@ class Engine(abc.ABC):
         """Raise :class:`server.errors.BadRequestError` for what this engine cannot do.
 
         Called by the HTTP layer before :meth:`generate`, so a request the engine would reject
-        gets a clear 400 and never reaches the engine.
+        gets a clear 400 and never reaches the engine. The default accepts everything.
         """
+        return None
 
     @abc.abstractmethod
-    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+    def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         """Stream a request's outputs; closing the iterator early aborts the request."""
 
     @abc.abstractmethod

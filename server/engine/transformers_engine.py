@@ -13,7 +13,7 @@ import asyncio
 import collections
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,7 +139,7 @@ class TransformersEngine(Engine):
                 param="messages",
             )
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+    async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         """Preprocess off the loop, queue for the worker, and stream its outputs."""
         inputs = await asyncio.to_thread(self._preprocess, request)
         prompt_tokens = int(inputs["input_ids"].shape[1])
@@ -152,7 +152,11 @@ class TransformersEngine(Engine):
                 code="context_length_exceeded",
             )
         item = _Request(
-            request, inputs, prompt_tokens, asyncio.Queue(), asyncio.get_running_loop(),
+            request,
+            inputs,
+            prompt_tokens,
+            asyncio.Queue(),
+            asyncio.get_running_loop(),
             new_generator(request.sampling.seed),
         )
         with self._lock:
@@ -190,9 +194,7 @@ class TransformersEngine(Engine):
         )
         images = [self.family.prepare_image(i.image, i.detail) for i in request.images]
         kwargs = self.family.processor_kwargs(request.images[0].detail) if images else {}
-        inputs = self.processor(
-            text=prompt, images=images or None, return_tensors="pt", **kwargs
-        )
+        inputs = self.processor(text=prompt, images=images or None, return_tensors="pt", **kwargs)
         return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in inputs.items()}
 
     def _work(self) -> None:
@@ -225,10 +227,11 @@ class TransformersEngine(Engine):
                     s for s in self._running if s.owner.request.request_id not in self._aborted
                 ]
                 self._aborted.clear()
-            admitted = []
+            admitted: list[_Request] = []
             room = self.max_batch_size - len(self._running)
-            while self._pending and (room >= self._pending[0].request.sampling.n or not admitted
-                                     and not self._running):
+            while self._pending and (
+                room >= self._pending[0].request.sampling.n or not admitted and not self._running
+            ):
                 item = self._pending.popleft()
                 room -= item.request.sampling.n
                 admitted.append(item)
@@ -248,8 +251,9 @@ class TransformersEngine(Engine):
         for index in range(options.n):
             text = TextStream(self.processor.tokenizer, options.stop)
             seq = _Sequence(item, index, kv, -1, text)
-            seq.next_token = sample(adjust_logits(logits, options, [], self._eos), options,
-                                    item.generator)
+            seq.next_token = sample(
+                adjust_logits(logits, options, [], self._eos), options, item.generator
+            )
             sequences.append(seq)
         output = self._advance(sequences, item.prompt_tokens)
         with self._lock:
@@ -283,8 +287,10 @@ class TransformersEngine(Engine):
         layers = out.past_key_values.layers
         for row, seq in enumerate(seqs):
             start = longest - seq.length
-            seq.kv = [(lay.keys[row : row + 1, :, start:], lay.values[row : row + 1, :, start:])
-                      for lay in layers]
+            seq.kv = [
+                (lay.keys[row : row + 1, :, start:], lay.values[row : row + 1, :, start:])
+                for lay in layers
+            ]
             options = seq.owner.request.sampling
             logits = adjust_logits(out.logits[row, -1], options, seq.generated, self._eos)
             seq.next_token = sample(logits, options, seq.owner.generator)
@@ -295,7 +301,9 @@ class TransformersEngine(Engine):
         by_owner: dict[int, list[_Sequence]] = {}
         for seq in seqs:
             by_owner.setdefault(id(seq.owner), []).append(seq)
-        outputs = [(g[0].owner, self._advance(g, g[0].owner.prompt_tokens)) for g in by_owner.values()]
+        outputs = [
+            (g[0].owner, self._advance(g, g[0].owner.prompt_tokens)) for g in by_owner.values()
+        ]
         with self._lock:
             self._running = [s for s in self._running if not self._done(s)]
         for owner, output in outputs:

@@ -1,0 +1,104 @@
+"""Unit tests of the HTTP layer with a scripted engine: loading, mid-stream and internal errors.
+
+These are the paths a real tiny model cannot be made to take on demand; everything else is tested
+against the real server in test_api.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncGenerator
+
+from fastapi.testclient import TestClient
+
+from server.app import create_app
+from server.config import Settings
+from server.engine.base import ChoiceDelta, Engine, EngineOutput, EngineRequest, EngineStats
+
+
+class ScriptedEngine(Engine):
+    """Loads when told to; streams two tokens, then fails the way it was told to."""
+
+    name = "scripted"
+
+    def __init__(self, failure: Exception | None = None) -> None:
+        self.loaded = asyncio.Event()
+        self.failure = failure
+
+    @property
+    def max_model_len(self) -> int:
+        return 100
+
+    async def start(self) -> None:
+        await self.loaded.wait()
+
+    async def shutdown(self) -> None:
+        return None
+
+    async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
+        yield EngineOutput(3, [ChoiceDelta(0, "a", 1)])
+        if self.failure:
+            raise self.failure
+        yield EngineOutput(3, [ChoiceDelta(0, "b", 1, "stop")])
+
+    async def abort(self, request_id: str) -> None:
+        return None
+
+    def stats(self) -> EngineStats:
+        return EngineStats(0, 0)
+
+
+BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_health_and_chat_are_503_until_the_model_loads() -> None:
+    engine = ScriptedEngine()
+    with TestClient(create_app(Settings(), engine, "m")) as client:
+        health = client.get("/health")
+        assert health.status_code == 503
+        assert health.json()["error"]["code"] == "loading"
+        chat = client.post("/v1/chat/completions", json=BODY)
+        assert chat.status_code == 503 and "Retry-After" in chat.headers
+        client.portal.call(engine.loaded.set)  # type: ignore[union-attr]
+        wait_ready(client)
+        assert client.post("/v1/chat/completions", json=BODY).json()["choices"][0]["message"] == {
+            "role": "assistant",
+            "content": "ab",
+        }
+
+
+def wait_ready(client: TestClient) -> None:
+    """Poll /health until the background load has finished."""
+    for _ in range(100):
+        if client.get("/health").status_code == 200:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the engine never became ready")
+
+
+def loaded_client(engine: ScriptedEngine) -> TestClient:
+    engine.loaded.set()
+    return TestClient(create_app(Settings(), engine, "m"), raise_server_exceptions=False)
+
+
+def test_error_mid_stream_is_an_openai_error_event_then_done() -> None:
+    with loaded_client(ScriptedEngine(RuntimeError("secret detail"))) as client:
+        wait_ready(client)
+        response = client.post("/v1/chat/completions", json={**BODY, "stream": True})
+        events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        error = json.loads(events[-2])["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert "secret detail" not in response.text
+        assert json.loads(events[1])["choices"][0]["delta"]["content"] == "a"
+
+
+def test_unexpected_failure_is_a_generic_500() -> None:
+    with loaded_client(ScriptedEngine(RuntimeError("secret detail"))) as client:
+        wait_ready(client)
+        response = client.post("/v1/chat/completions", json=BODY)
+        assert response.status_code == 500
+        assert response.json()["error"]["type"] == "internal_error"
+        assert "secret detail" not in response.text

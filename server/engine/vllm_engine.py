@@ -30,6 +30,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.loggers import StatLoggerBase
 from vllm.v1.metrics.stats import IterationStats, SchedulerStats
 
+import models.hf_registry  # noqa: F401  (original InternVL-2 / Phi-3-V configs, no remote code)
 from models.base import ModelFamily
 from models.families import family_for_checkpoint
 from server.config import Settings
@@ -87,6 +88,7 @@ def engine_args_from_settings(
     """
     args: dict[str, Any] = {
         "model": str(model_path),
+        "trust_remote_code": False,
         "limit_mm_per_prompt": {"image": settings.max_images_per_request, "video": 0},
     }
     args.update(plan_args or {})

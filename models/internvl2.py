@@ -3,8 +3,8 @@
 The weights are renamed onto transformers' ``InternVLForConditionalGeneration`` at load time
 (:mod:`models.internvl2_convert`). Prompts follow the checkpoint's ``template``: ChatML
 (``internlm2-chat``, ``Hermes-2``) or Phi-3's tags (``phi3-chat``, InternVL2-4B), turns joined
-without newlines, with OpenGVLab's default system message. ``<image>\\n`` before the text stands for an
-image and becomes ``<img>`` + 256 ``<IMG_CONTEXT>`` per tile + ``</img>``; tiles follow
+without newlines, with OpenGVLab's default system message. ``<image>\\n`` before the text stands
+for an image and becomes ``<img>`` + 256 ``<IMG_CONTEXT>`` per tile + ``</img>``; tiles follow
 :func:`models.internvl.tile_grid`. ``detail`` sets ``max_dynamic_patch``: 12 at high, 1 at low.
 """
 
@@ -51,11 +51,16 @@ def chat_template_for(template: str) -> str:
         "{%- set ns = namespace(system=" + repr(DEFAULT_SYSTEM) + ") -%}"
         "{%- if messages and messages[0]['role'] == 'system' -%}"
         "{%- set ns.system = messages[0]['content'] -%}{%- endif -%}"
-        + open_turn.replace("ROLE", "'system'") + _content("ns.system") + end
+        + open_turn.replace("ROLE", "'system'")
+        + _content("ns.system")
+        + end
         + "{%- for message in messages -%}{%- if message['role'] != 'system' -%}"
-        + open_turn.replace("ROLE", "message['role']") + _content("message['content']") + end
+        + open_turn.replace("ROLE", "message['role']")
+        + _content("message['content']")
+        + end
         + "{%- endif -%}{%- endfor -%}{%- if add_generation_prompt -%}"
-        + open_turn.replace("ROLE", "'assistant'") + "{%- endif -%}"
+        + open_turn.replace("ROLE", "'assistant'")
+        + "{%- endif -%}"
     )
 
 

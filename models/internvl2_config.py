@@ -66,15 +66,18 @@ class InternVLChatConfig(PretrainedConfig):
 
     def to_dict(self) -> dict[str, Any]:
         """Serialise with both sub-configs as plain dicts, as the original files hold them."""
-        output = copy.deepcopy({k: v for k, v in self.__dict__.items()
-                                if k not in ("vision_config", "llm_config")})
+        output = copy.deepcopy(
+            {k: v for k, v in self.__dict__.items() if k not in ("vision_config", "llm_config")}
+        )
         output["vision_config"] = self.vision_config.to_dict()
         output["llm_config"] = self.llm_config.to_dict()
         output["model_type"] = self.model_type
         return output
 
 
-def _as_config(value: dict[str, Any] | PretrainedConfig | None, model_type: str) -> PretrainedConfig:
+def _as_config(
+    value: dict[str, Any] | PretrainedConfig | None, model_type: str
+) -> PretrainedConfig:
     """A sub-config holding every key of ``value`` as an attribute."""
     if isinstance(value, PretrainedConfig):
         return value
@@ -82,5 +85,5 @@ def _as_config(value: dict[str, Any] | PretrainedConfig | None, model_type: str)
     fields.setdefault("model_type", model_type)
     sub = PretrainedConfig(**{k: v for k, v in fields.items() if k != "model_type"})
     # PretrainedConfig keeps model_type on the class; the original value must survive a round trip.
-    sub.model_type = fields["model_type"]
+    sub.model_type = fields["model_type"]  # type: ignore[misc]
     return sub

@@ -40,9 +40,20 @@ _INTERNLM2 = [
 ]
 _PROJECTOR = {"0": "layer_norm", "1": "linear_1", "3": "linear_2"}
 _LM_KEYS = (
-    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "vocab_size", "max_position_embeddings", "rms_norm_eps", "rope_theta",
-    "rope_scaling", "hidden_act", "bos_token_id", "eos_token_id", "pad_token_id",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+    "max_position_embeddings",
+    "rms_norm_eps",
+    "rope_theta",
+    "rope_scaling",
+    "hidden_act",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
 )
 
 
@@ -62,7 +73,13 @@ def text_config(chat: InternVLChatConfig) -> dict[str, Any]:
         fields = {k: llm[k] for k in _LM_KEYS if llm.get(k) is not None}
         fields["attention_bias"] = bool(llm.get("bias", False))
     else:
-        dropped = ("architectures", "auto_map", "_name_or_path", "model_type", "transformers_version")
+        dropped = (
+            "architectures",
+            "auto_map",
+            "_name_or_path",
+            "model_type",
+            "transformers_version",
+        )
         fields = {k: v for k, v in llm.items() if k not in dropped}
     return {**fields, "model_type": LM_MODEL_TYPES[arch], "tie_word_embeddings": False}
 
@@ -106,8 +123,9 @@ def _split_internlm2_wqkv(weight: torch.Tensor, heads: int, kv_heads: int) -> li
     return [q, k, v]
 
 
-def _pack_internlm2_wqkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                         heads: int, kv_heads: int) -> torch.Tensor:
+def _pack_internlm2_wqkv(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, kv_heads: int
+) -> torch.Tensor:
     """Inverse of :func:`_split_internlm2_wqkv`."""
     head_dim, hidden = q.shape[0] // heads, q.shape[-1]
     q = q.reshape(kv_heads, heads // kv_heads, head_dim, hidden)
@@ -126,7 +144,9 @@ def to_hf(state: dict[str, torch.Tensor], chat: InternVLChatConfig) -> dict[str,
             if match := re.fullmatch(r"encoder\.layers\.(\d+)\.attn\.qkv\.(weight|bias)", rest):
                 layer, kind = match.groups()
                 for part, chunk in zip("qkv", tensor.chunk(3), strict=True):
-                    out[f"model.vision_tower.encoder.layer.{layer}.attention.{part}_proj.{kind}"] = chunk
+                    out[
+                        f"model.vision_tower.encoder.layer.{layer}.attention.{part}_proj.{kind}"
+                    ] = chunk
                 continue
             out[f"model.vision_tower.{rest}"] = tensor
         elif match := re.fullmatch(r"mlp1\.(\d)\.(weight|bias)", name):
@@ -137,8 +157,9 @@ def to_hf(state: dict[str, torch.Tensor], chat: InternVLChatConfig) -> dict[str,
             rest = name.removeprefix("language_model.model.")
             if internlm2 and rest.endswith(".attention.wqkv.weight"):
                 prefix = rest.removesuffix(".attention.wqkv.weight")
-                parts = _split_internlm2_wqkv(tensor, llm.num_attention_heads,
-                                              llm.num_key_value_heads)
+                parts = _split_internlm2_wqkv(
+                    tensor, llm.num_attention_heads, llm.num_key_value_heads
+                )
                 for part, chunk in zip("qkv", parts, strict=True):
                     out[f"model.language_model.{prefix}.self_attn.{part}_proj.weight"] = chunk
                 continue
@@ -160,12 +181,14 @@ def _flip(rules: list[tuple[str, str]]) -> list[tuple[str, str]]:
         for i, group in enumerate(groups, 1):
             back = back.replace(group, f"\\{i}", 1)
         back = back.replace("\\.", ".").lstrip("^").rstrip("$")
-        anchor = ("^" if pattern.startswith("^") else "") , ("$" if pattern.endswith("$") else "")
+        anchor = ("^" if pattern.startswith("^") else ""), ("$" if pattern.endswith("$") else "")
         flipped.append((anchor[0] + back_pattern + anchor[1], back))
     return flipped
 
 
-def to_original(state: dict[str, torch.Tensor], chat: InternVLChatConfig) -> dict[str, torch.Tensor]:
+def to_original(
+    state: dict[str, torch.Tensor], chat: InternVLChatConfig
+) -> dict[str, torch.Tensor]:
     """``InternVLForConditionalGeneration`` weights -> the original names (for tiny checkpoints)."""
     internlm2 = chat.lm_architecture == "InternLM2ForCausalLM"
     llm = chat.llm_config
@@ -177,14 +200,17 @@ def to_original(state: dict[str, torch.Tensor], chat: InternVLChatConfig) -> dic
             fused.setdefault(f"{match[1]}.{match[3]}", {})[match[2]] = tensor
             continue
         if name.startswith("model.vision_tower."):
-            out["vision_model." + _rename(name.removeprefix("model.vision_tower."), vision_back)] = (
-                tensor)
+            out[
+                "vision_model." + _rename(name.removeprefix("model.vision_tower."), vision_back)
+            ] = tensor
         elif name.startswith("model.multi_modal_projector."):
             part, kind = name.removeprefix("model.multi_modal_projector.").split(".")
             index = {v: k for k, v in _PROJECTOR.items()}[part]
             out[f"mlp1.{index}.{kind}"] = tensor
         elif name == "lm_head.weight":
-            out["language_model.output.weight" if internlm2 else "language_model.lm_head.weight"] = tensor
+            out[
+                "language_model.output.weight" if internlm2 else "language_model.lm_head.weight"
+            ] = tensor
         else:
             rest = name.removeprefix("model.language_model.")
             out["language_model.model." + (_rename(rest, lm_back) if internlm2 else rest)] = tensor
@@ -196,10 +222,13 @@ def to_original(state: dict[str, torch.Tensor], chat: InternVLChatConfig) -> dic
             out[f"vision_model.encoder.layers.{layer}.attn.qkv.{kind}"] = torch.cat([q, k, v])
         elif internlm2:
             layer_prefix = base.removeprefix("model.language_model.").removesuffix(".self_attn")
-            out[f"language_model.model.{layer_prefix}.attention.wqkv.{kind}"] = _pack_internlm2_wqkv(
-                q, k, v, llm.num_attention_heads, llm.num_key_value_heads)
+            out[f"language_model.model.{layer_prefix}.attention.wqkv.{kind}"] = (
+                _pack_internlm2_wqkv(q, k, v, llm.num_attention_heads, llm.num_key_value_heads)
+            )
         else:
             for part, tensor in zip("qkv", (q, k, v), strict=True):
-                out[f"language_model.model.{base.removeprefix('model.language_model.')}"
-                    f".{part}_proj.{kind}"] = tensor
+                out[
+                    f"language_model.model.{base.removeprefix('model.language_model.')}"
+                    f".{part}_proj.{kind}"
+                ] = tensor
     return out

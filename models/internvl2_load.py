@@ -78,8 +78,9 @@ def build_processor(path: Path, chat: InternVLChatConfig) -> InternVL2Processor:
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=InternVLVideoProcessor(),
-        image_seq_length=int((TILE_SIZE // chat.vision_config.patch_size) ** 2
-                             * chat.downsample_ratio**2),
+        image_seq_length=int(
+            (TILE_SIZE // chat.vision_config.patch_size) ** 2 * chat.downsample_ratio**2
+        ),
         chat_template=chat_template_for(chat.template or "Hermes-2"),
     )
 
@@ -95,4 +96,4 @@ def load_internvl2(path: Path, device: str) -> tuple[InternVLForConditionalGener
     generation = path / "generation_config.json"
     if generation.exists():
         model.generation_config.update(**json.loads(generation.read_text()))
-    return model.to(device=device, dtype=dtype).eval(), processor
+    return model.to(device=device, dtype=dtype).eval(), processor  # type: ignore[call-arg]

@@ -25,8 +25,14 @@ PHI3_MINI = {
     "vocab_size": 32064,
 }
 
-_SPECIAL_IDS = {32000: "<|endoftext|>", 32001: "<|assistant|>", 32006: "<|system|>",
-                32007: "<|end|>", 32010: "<|user|>", 32044: "<|image|>"}
+_SPECIAL_IDS = {
+    32000: "<|endoftext|>",
+    32001: "<|assistant|>",
+    32006: "<|system|>",
+    32007: "<|end|>",
+    32010: "<|user|>",
+    32044: "<|image|>",
+}
 
 
 def special_tokens(vocab_size: int = PHI3_MINI["vocab_size"]) -> list[str]:
@@ -90,7 +96,7 @@ class Phi3V(ModelFamily):
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         image_processor = Phi3VImageProcessor.from_pretrained(path)
         processor = Phi3VProcessor(image_processor, tokenizer, chat_template=self.chat_template)
-        return model.to(device).eval(), processor
+        return model.to(device).eval(), processor  # type: ignore[arg-type]
 
     def build_tiny(self, out_dir: Path) -> Path:
         """Phi-3-V's layout and vocabulary at tiny widths; CLIP keeps its width but runs 1 layer."""

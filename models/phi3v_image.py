@@ -1,8 +1,9 @@
 """Phi-3-Vision's HD image transform and its image-token rule.
 
 An image is turned so that its long side is horizontal, scaled so that ``cols`` 336-pixel crops
-span its width, where ``cols`` is the largest number with ``cols * ceil(cols / aspect) <= num_crops``,
-padded with white to a whole number of 336-pixel rows, and turned back. CLIP sees every 336x336
+span its width, where ``cols`` is the largest number with
+``cols * ceil(cols / aspect) <= num_crops``, padded with white to a whole number of 336-pixel
+rows, and turned back. CLIP sees every 336x336
 crop plus one 336x336 "global" copy of the whole padded image. After a 2x2 merge each crop is 12x12
 tokens; every row of 12 gets a separator, and one more separator sits between the crops and the
 global image, so an image of ``rows`` x ``cols`` crops takes
@@ -13,7 +14,7 @@ global image, so an image of ``rows`` x ``cols`` crops takes
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,7 +68,7 @@ def image_tokens(width: int, height: int, num_crops: int) -> int:
 
 
 def max_image_tokens(num_crops: int) -> int:
-    """The most tokens any image can take: the grid with ``rows * cols <= num_crops`` that costs most.
+    """The most tokens any image can take: the costliest grid with ``rows * cols <= num_crops``.
 
     Tall images cost most because separators are per row (16x1 crops: 2,653 tokens at 16 crops).
     """
@@ -126,7 +127,7 @@ class Phi3VImageProcessor(BaseImageProcessor):
     ``image_mean``, ``image_std``); ``num_crops`` can be overridden per call.
     """
 
-    model_input_names: ClassVar[list[str]] = ["pixel_values", "image_sizes"]
+    model_input_names = ["pixel_values", "image_sizes"]
 
     def __init__(
         self,

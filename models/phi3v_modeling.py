@@ -3,13 +3,14 @@
 Weight names are the original ones: ``model.embed_tokens``, ``model.layers.*`` (Phi-3's fused
 ``qkv_proj`` and ``gate_up_proj``), ``model.norm``, ``lm_head`` and, for the image side,
 ``model.vision_embed_tokens.img_processor.vision_model.*`` (CLIP ViT-L/14-336),
-``model.vision_embed_tokens.{glb_GN,sub_GN}`` and ``model.vision_embed_tokens.img_projection.{0,2}``.
+``model.vision_embed_tokens.{glb_GN,sub_GN}`` and
+``model.vision_embed_tokens.img_projection.{0,2}``.
 The config is Microsoft's ``phi3_v`` config, read by :class:`Phi3VConfig` without running hub code.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from huggingface_hub.dataclasses import strict
@@ -51,9 +52,11 @@ class Phi3VConfig(Phi3Config):
     def convert_rope_params_to_dict(self, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
         """Phi-3's "su" scaling; transformers 5 wants the original context inside it."""
         kwargs = super().convert_rope_params_to_dict(**kwargs)
+        assert isinstance(self.rope_parameters, dict)
         if self.rope_parameters.get("rope_type") == "longrope":
             self.rope_parameters.setdefault(
-                "original_max_position_embeddings", self.original_max_position_embeddings)
+                "original_max_position_embeddings", self.original_max_position_embeddings
+            )
         return kwargs
 
 
@@ -85,8 +88,9 @@ class Phi3VImageEmbedding(nn.Module):
         self.glb_GN = nn.Parameter(torch.zeros(1, 1, merged))
         self.sub_GN = nn.Parameter(torch.zeros(1, 1, 1, merged))
         self.img_projection = nn.Sequential(
-            nn.Linear(merged, config.hidden_size), nn.GELU(), nn.Linear(config.hidden_size,
-                                                                         config.hidden_size)
+            nn.Linear(merged, config.hidden_size),
+            nn.GELU(),
+            nn.Linear(config.hidden_size, config.hidden_size),
         )
 
     def _merged_crops(self, crops: torch.Tensor) -> torch.Tensor:
@@ -111,20 +115,24 @@ class Phi3VImageEmbedding(nn.Module):
         # Padding crops are skipped: only the global view and the real crops go through CLIP.
         crops = torch.cat([pixel_values[i, : 1 + r * c] for i, (r, c) in enumerate(grids)])
         weight = self.img_projection[0].weight
+        assert isinstance(weight, torch.Tensor)
         merged = self._merged_crops(crops.to(weight.dtype)).split([1 + r * c for r, c in grids])
         outputs = []
         for features, (rows, cols) in zip(merged, grids, strict=True):
             side = MERGED_SIDE
             sub = (
-                features[1:].reshape(rows, cols, side, side, -1)
+                features[1:]
+                .reshape(rows, cols, side, side, -1)
                 .permute(0, 2, 1, 3, 4)
                 .reshape(rows * side, cols * side, -1)
             )
-            tokens = torch.cat([
-                self._with_row_separators(sub),
-                self.glb_GN[0],
-                self._with_row_separators(features[0]),
-            ])
+            tokens = torch.cat(
+                [
+                    self._with_row_separators(sub),
+                    self.glb_GN[0],
+                    self._with_row_separators(features[0]),
+                ]
+            )
             outputs.append(self.img_projection(tokens))
         return outputs
 
@@ -133,7 +141,7 @@ class Phi3VForCausalLM(Phi3ForCausalLM):
     """Phi-3-Vision: image features replace the ``<|image|>`` (or negative) ids, then Phi-3 runs."""
 
     config_class = Phi3VConfig
-    _keys_to_ignore_on_load_unexpected: ClassVar[list[str]] = [
+    _keys_to_ignore_on_load_unexpected = [
         r"vision_embed_tokens\.img_processor\.vision_model\.encoder\.layers\.\d+\.",
         r"vision_embed_tokens\.img_processor\.vision_model\.post_layernorm\.",
         r"vision_embed_tokens\.wte\.",

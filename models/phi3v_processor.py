@@ -24,7 +24,7 @@ IMAGE_TOKEN = "<|image|>"
 
 
 class ImageTags(Sequence[str]):
-    """``<|image_1|>``, ``<|image_2|>``, ...: the tag list vLLM reads as ``processor.img_tokens``."""
+    """``<|image_1|>``, ``<|image_2|>``, ...: the tags vLLM reads as ``processor.img_tokens``."""
 
     def __len__(self) -> int:
         return 1_000_000

@@ -30,18 +30,21 @@ def padded_tokenizer(
 ) -> PreTrainedTokenizerFast:
     """A byte-level BPE whose ``specials`` take the ids ``first_special_id``, ``+1``, ...
 
-    ``base_specials`` keep the lowest ids (``<unk>``, ``<s>``, ``</s>`` for Llama-style vocabularies).
+    ``base_specials`` keep the lowest ids (``<unk>``, ``<s>``, ``</s>`` for Llama-style
+    vocabularies).
     """
-    trained = train_tokenizer(base_specials, bos=bos if bos in base_specials else unk, eos=unk,
-                              unk=unk, pad=unk)
+    trained = train_tokenizer(
+        base_specials, bos=bos if bos in base_specials else unk, eos=unk, unk=unk, pad=unk
+    )
     spec = json.loads(trained.backend_tokenizer.to_str())
     vocab: dict[str, int] = spec["model"]["vocab"]
     for filler_id in range(len(vocab), first_special_id):
         vocab[f"<vlmserve_filler_{filler_id}>"] = filler_id
     tokenizer = Tokenizer.from_str(json.dumps(spec))
     tokenizer.add_special_tokens(specials)
-    for token, token_id in zip(specials, range(first_special_id, first_special_id + len(specials)),
-                               strict=True):
+    for token, token_id in zip(
+        specials, range(first_special_id, first_special_id + len(specials)), strict=True
+    ):
         assert tokenizer.token_to_id(token) == token_id, (token, tokenizer.token_to_id(token))
     if add_bos:
         tokenizer.post_processor = processors.TemplateProcessing(

@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import ServerProcess, start_server, tiny_checkpoint
 
-FAMILIES = ("llava", "llava-next", "internvl")
+FAMILIES = ("llava", "llava-next", "internvl", "phi3v", "internvl2")
 
 
 @pytest.fixture(scope="session")

@@ -16,15 +16,26 @@ from transformers import DynamicCache
 from models.base import Detail, ModelFamily
 
 
-def prefill(family: ModelFamily, model: Any, processor: Any, text: str,
-            images: list[Image.Image], detail: Detail) -> tuple[dict[str, Any], Any]:
+def prefill(
+    family: ModelFamily,
+    model: Any,
+    processor: Any,
+    text: str,
+    images: list[Image.Image],
+    detail: Detail,
+) -> tuple[dict[str, Any], Any]:
     """Render and prefill one chat request; returns the processor outputs and the model output."""
     content: list[dict[str, str]] = [{"type": "image"} for _ in images]
     content.append({"type": "text", "text": text})
-    prompt = processor.apply_chat_template([{"role": "user", "content": content}],
-                                           tokenize=False, add_generation_prompt=True)
-    inputs = processor(text=prompt, images=images or None, return_tensors="pt",
-                       **(family.processor_kwargs(detail) if images else {}))
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+    )
+    inputs = processor(
+        text=prompt,
+        images=images or None,
+        return_tensors="pt",
+        **(family.processor_kwargs(detail) if images else {}),
+    )
     with torch.no_grad():
         return dict(inputs), model(**inputs, use_cache=True)
 
@@ -42,20 +53,26 @@ def decode_together(model: Any, outputs: list[Any], steps: int) -> list[list[int
             shape = (len(kv), keys.shape[1], longest, keys.shape[3])
             k_batch, v_batch = keys.new_zeros(shape), keys.new_zeros(shape)
             for row, layers in enumerate(kv):
-                k_batch[row, :, longest - lengths[row]:] = layers[layer][0][0]
-                v_batch[row, :, longest - lengths[row]:] = layers[layer][1][0]
+                k_batch[row, :, longest - lengths[row] :] = layers[layer][0][0]
+                v_batch[row, :, longest - lengths[row] :] = layers[layer][1][0]
             batch.append((k_batch, v_batch))
         mask = torch.zeros(len(kv), longest + 1, dtype=torch.long)
         for row, length in enumerate(lengths):
-            mask[row, longest - length:] = 1
+            mask[row, longest - length :] = 1
         with torch.no_grad():
-            out = model(input_ids=torch.tensor([[t[-1]] for t in tokens]), attention_mask=mask,
-                        position_ids=torch.tensor([[n] for n in lengths]),
-                        past_key_values=DynamicCache(ddp_cache_data=batch), use_cache=True)
+            out = model(
+                input_ids=torch.tensor([[t[-1]] for t in tokens]),
+                attention_mask=mask,
+                position_ids=torch.tensor([[n] for n in lengths]),
+                past_key_values=DynamicCache(ddp_cache_data=batch),
+                use_cache=True,
+            )
         for row in range(len(kv)):
             start = longest - lengths[row]
-            kv[row] = [(lay.keys[row:row + 1, :, start:], lay.values[row:row + 1, :, start:])
-                       for lay in out.past_key_values.layers]
+            kv[row] = [
+                (lay.keys[row : row + 1, :, start:], lay.values[row : row + 1, :, start:])
+                for lay in out.past_key_values.layers
+            ]
             lengths[row] += 1
             tokens[row].append(int(out.logits[row, -1].argmax()))
     return tokens

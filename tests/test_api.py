@@ -71,7 +71,8 @@ def test_streaming_with_image(family_server: tuple[str, ServerProcess]) -> None:
 def test_usage_counts_image_tokens(family_server: tuple[str, ServerProcess]) -> None:
     """prompt_tokens grows by exactly the family's image-token rule for each image.
 
-    The templates put a newline after each image placeholder: one more token per image.
+    Templates add a separator of their own around each image (a newline, a BOS per chunk): the
+    same small count for every image, whatever its size.
     """
     family, server = family_server
     rule = get_family(family)
@@ -86,8 +87,10 @@ def test_usage_counts_image_tokens(family_server: tuple[str, ServerProcess]) -> 
     text_only = prompt_tokens()
     one = prompt_tokens(image_data_url(1024, 768))
     two = prompt_tokens(image_data_url(1024, 768), image_data_url(300, 900))
-    assert one - text_only == rule.image_tokens(1024, 768) + 1
-    assert two - one == rule.image_tokens(300, 900) + 1
+    separator = one - text_only - rule.image_tokens(1024, 768)
+    assert 0 <= separator <= 2
+    assert two - one - rule.image_tokens(300, 900) == separator
+    assert rule.image_tokens(1024, 768) != rule.image_tokens(300, 900) or family == "llava"
 
 
 def test_two_images_in_one_message(family_server: tuple[str, ServerProcess]) -> None:

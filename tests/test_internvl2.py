@@ -38,8 +38,12 @@ def test_processor_writes_the_formula_count(loaded, detail) -> None:  # type: ig
     model, processor = loaded
     for width, height in SIZES:
         image = Image.new("RGB", (width, height), (30, 120, 200))
-        inputs = processor(text="<image>\nhi", images=[image], return_tensors="pt",
-                           **FAMILY.processor_kwargs(detail))
+        inputs = processor(
+            text="<image>\nhi",
+            images=[image],
+            return_tensors="pt",
+            **FAMILY.processor_kwargs(detail),
+        )
         placed = int((inputs["input_ids"] == model.config.image_token_id).sum()) + 2
         assert placed == FAMILY.image_tokens(width, height, detail), (width, height)
     assert FAMILY.image_tokens(2048, 2048, "low") == 258
@@ -57,8 +61,10 @@ def test_tiny_prefills_and_decodes_in_a_batch(loaded) -> None:  # type: ignore[n
 
 def test_weight_names_are_opengvlabs(tiny: Path) -> None:
     names = set(safe_open(tiny / "model.safetensors", "pt").keys())
-    pattern = re.compile(r"(vision_model\.(embeddings|encoder\.layers\.\d+)\.|mlp1\.[013]\."
-                         r"|language_model\.(model\.|lm_head\.)).+")
+    pattern = re.compile(
+        r"(vision_model\.(embeddings|encoder\.layers\.\d+)\.|mlp1\.[013]\."
+        r"|language_model\.(model\.|lm_head\.)).+"
+    )
     assert all(pattern.fullmatch(n) for n in names)
     assert "vision_model.encoder.layers.0.attn.qkv.weight" in names
     assert "vision_model.embeddings.class_embedding" in names
@@ -70,20 +76,35 @@ def test_weight_names_are_opengvlabs(tiny: Path) -> None:
 
 
 def _tiny_chat(llm: dict[str, object]) -> InternVLChatConfig:
-    dims = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
-            "num_hidden_layers": 1}
-    text = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 1,
-            "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 50,
-            "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-            "pad_token_id": 0}
+    dims = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 2,
+        "num_hidden_layers": 1,
+    }
+    text = {
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "vocab_size": 50,
+        "max_position_embeddings": 256,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "pad_token_id": 0,
+    }
     return InternVLChatConfig.from_dict(chat_config("t", {**text, **llm}, dims, "internlm2-chat"))
 
 
-@pytest.mark.parametrize("llm", [
-    {"architectures": ["InternLM2ForCausalLM"], "model_type": "internlm2", "bias": False},
-    {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3"},
-    {"architectures": ["LlamaForCausalLM"], "model_type": "llama"},
-])
+@pytest.mark.parametrize(
+    "llm",
+    [
+        {"architectures": ["InternLM2ForCausalLM"], "model_type": "internlm2", "bias": False},
+        {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3"},
+        {"architectures": ["LlamaForCausalLM"], "model_type": "llama"},
+    ],
+)
 def test_conversion_round_trip(llm: dict[str, object]) -> None:
     chat = _tiny_chat(llm)
     torch.manual_seed(0)
@@ -112,16 +133,23 @@ def test_internlm2_wqkv_is_grouped_per_kv_head() -> None:
 def test_templates_follow_opengvlab_conversations() -> None:
     from jinja2 import Template
 
-    messages = [{"role": "system", "content": "Be brief."},
-                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]},
+    ]
     chatml = Template(chat_template_for("internlm2-chat")).render(
-        messages=messages, add_generation_prompt=True)
-    assert chatml == ("<|im_start|>system\nBe brief.<|im_end|><|im_start|>user\n<image>\nHi"
-                      "<|im_end|><|im_start|>assistant\n")
+        messages=messages, add_generation_prompt=True
+    )
+    assert chatml == (
+        "<|im_start|>system\nBe brief.<|im_end|><|im_start|>user\n<image>\nHi"
+        "<|im_end|><|im_start|>assistant\n"
+    )
     phi3 = Template(chat_template_for("phi3-chat")).render(
-        messages=messages[1:], add_generation_prompt=True)
-    assert phi3.startswith("<|system|>\n") and phi3.endswith("<|end|><|user|>\n<image>\nHi<|end|>"
-                                                              "<|assistant|>\n")
+        messages=messages[1:], add_generation_prompt=True
+    )
+    assert phi3.startswith("<|system|>\n") and phi3.endswith(
+        "<|end|><|user|>\n<image>\nHi<|end|><|assistant|>\n"
+    )
 
 
 def test_full_size_internvl2_8b(tmp_path: Path) -> None:
@@ -130,12 +158,20 @@ def test_full_size_internvl2_8b(tmp_path: Path) -> None:
     out = FAMILY.full_config(tmp_path / "8b")  # type: ignore[attr-defined]
     config = json.loads((out / "config.json").read_text())
     llm = config["llm_config"]
-    assert (llm["num_hidden_layers"], llm["hidden_size"], llm["num_attention_heads"],
-            llm["num_key_value_heads"], llm["intermediate_size"], llm["vocab_size"]) == (
-        32, 4096, 32, 8, 14336, 92553)
+    assert (
+        llm["num_hidden_layers"],
+        llm["hidden_size"],
+        llm["num_attention_heads"],
+        llm["num_key_value_heads"],
+        llm["intermediate_size"],
+        llm["vocab_size"],
+    ) == (32, 4096, 32, 8, 14336, 92553)
     assert {k: config["vision_config"][k] for k in INTERNVIT_300M} == INTERNVIT_300M
     assert llm == INTERNLM2_5_7B
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert len(tokenizer) == 92553
     assert tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|im_start|>", "<IMG_CONTEXT>"]) == [
-        92542, 92543, 92546]
+        92542,
+        92543,
+        92546,
+    ]

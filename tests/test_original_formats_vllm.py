@@ -36,8 +36,13 @@ def _vllm_processor(path: Path) -> Any:
     from vllm.multimodal import MULTIMODAL_REGISTRY
 
     import models.hf_registry  # noqa: F401  (registers the original formats' classes)
-    args = AsyncEngineArgs(model=str(path), trust_remote_code=False, max_model_len=8192,
-                           limit_mm_per_prompt={"image": 2})
+
+    args = AsyncEngineArgs(
+        model=str(path),
+        trust_remote_code=False,
+        max_model_len=8192,
+        limit_mm_per_prompt={"image": 2},
+    )
     config = args.create_engine_config()
     assert config.model_config.trust_remote_code is False
     return MULTIMODAL_REGISTRY.create_processor(config.model_config)
@@ -56,8 +61,9 @@ def test_vllm_renders_placeholders(name: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize(("name", "variant"), [("phi3v", "phi-3.5-vision"),
-                                               ("internvl2", "internvl2-8b")])
+@pytest.mark.parametrize(
+    ("name", "variant"), [("phi3v", "phi-3.5-vision"), ("internvl2", "internvl2-8b")]
+)
 def test_vllm_reads_full_size_files(name: str, variant: str, tmp_path: Path) -> None:
     family = get_family(name)
     folder = family.full_config(tmp_path / variant, variant)  # type: ignore[attr-defined]

@@ -46,8 +46,11 @@ def test_processor_writes_the_formula_count(loaded, detail) -> None:  # type: ig
     _, processor = loaded
     for width, height in SIZES:
         image = Image.new("RGB", (width, height), (30, 120, 200))
-        inputs = processor(text="<|user|>\n<|image_1|>\nhi<|end|>\n", images=[image],
-                           **FAMILY.processor_kwargs(detail))
+        inputs = processor(
+            text="<|user|>\n<|image_1|>\nhi<|end|>\n",
+            images=[image],
+            **FAMILY.processor_kwargs(detail),
+        )
         placed = int((inputs["input_ids"] == processor.image_token_id).sum())
         assert placed == FAMILY.image_tokens(width, height, detail), (width, height)
         assert placed <= FAMILY.max_image_tokens()
@@ -84,7 +87,8 @@ def test_weight_names_are_microsofts(tiny: Path) -> None:
         r"|img_processor\.vision_model\..+))"
     )
     assert all(pattern.fullmatch(name) for name in names), sorted(
-        n for n in names if not pattern.fullmatch(n))
+        n for n in names if not pattern.fullmatch(n)
+    )
     assert {"model.vision_embed_tokens.glb_GN", "model.vision_embed_tokens.sub_GN"} <= names
 
 
@@ -110,14 +114,22 @@ def test_full_size_files(tmp_path: Path) -> None:
     for variant in ("phi-3-vision", "phi-3.5-vision"):
         out = FAMILY.full_config(tmp_path / variant, variant)  # type: ignore[attr-defined]
         config = json.loads((out / "config.json").read_text())
-        assert (config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"],
-                config["num_key_value_heads"], config["intermediate_size"],
-                config["vocab_size"]) == (32, 3072, 32, 32, 8192, 32064)
+        assert (
+            config["num_hidden_layers"],
+            config["hidden_size"],
+            config["num_attention_heads"],
+            config["num_key_value_heads"],
+            config["intermediate_size"],
+            config["vocab_size"],
+        ) == (32, 3072, 32, 32, 8192, 32064)
         assert len(LONG_FACTOR) == len(SHORT_FACTOR) == 3072 // 32 // 2
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(out)
         assert len(tokenizer) == 32064
         assert tokenizer.convert_tokens_to_ids(["<|image|>", "<|end|>", "<|user|>"]) == [
-            32044, 32007, 32010]
+            32044,
+            32007,
+            32010,
+        ]
         assert not list(out.glob("*.safetensors"))

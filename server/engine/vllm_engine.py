@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -394,7 +394,7 @@ class VLLMEngine(Engine):
         verify_sampling(request.sampling, self.config, self._started().renderer.tokenizer)
         processor_kwargs(self.family, request.images)
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+    async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         """Render the chat, hand it to vLLM and stream its deltas.
 
         Closing this iterator closes vLLM's, which aborts the request in the engine core (vLLM

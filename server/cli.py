@@ -17,6 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tiny-model": ("models.tiny_cmd", "Write a tiny random-weight checkpoint for a model family."),
     "models": ("server.models_cmd", "List the model catalogue with sizes and suggested GPUs."),
     "plan": ("server.plan_cmd", "Size a catalogue model to a GPU: dtype, quantization, KV cache."),
+    "full-config": (
+        "models.full_config",
+        "Write a full-size model folder without weights (for load_format=dummy benchmarks).",
+    ),
 }
 
 

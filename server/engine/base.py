@@ -61,6 +61,16 @@ class EngineRequest:
 
 
 @dataclass
+class TokenLogprob:
+    """One generated token's log probability and the most likely tokens at its position."""
+
+    token: str
+    logprob: float
+    #: ``(token, logprob)`` for the ``top_logprobs`` most likely tokens, most likely first.
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
 class ChoiceDelta:
     """New text for one choice, how many tokens it took, and why the choice ended (if it did)."""
 
@@ -68,6 +78,8 @@ class ChoiceDelta:
     text: str
     num_tokens: int
     finish_reason: FinishReason | None = None
+    #: One entry per new token when the request asked for logprobs, else ``None``.
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass

@@ -71,8 +71,6 @@ class CatalogModel:
     vision: VisionTower
     quantized: tuple[QuantizedRepo, ...] = ()
     hardware_row: str | None = None
-    #: vLLM needs the repo's own Python code for the config or processor (InternVL2, Phi-3-V).
-    trust_remote_code: bool = False
 
     @property
     def hardware(self) -> HardwareRow | None:
@@ -156,7 +154,6 @@ CATALOG: dict[str, CatalogModel] = {
             "internvl2",
             _lm("Qwen2-0.5B-Instruct", 24, 896, 14, 2, 4864, 151655, 32768, qkv_bias=True),
             INTERN_VIT_300M,
-            trust_remote_code=True,
         ),
         CatalogModel(
             "internvl2-2b",
@@ -165,7 +162,6 @@ CATALOG: dict[str, CatalogModel] = {
             _lm("InternLM2-Chat-1.8B", 24, 2048, 16, 8, 8192, 92553, 32768),
             INTERN_VIT_300M,
             _awq("OpenGVLab/InternVL2-2B-AWQ"),
-            trust_remote_code=True,
         ),
         CatalogModel(
             "internvl2-4b",
@@ -173,7 +169,6 @@ CATALOG: dict[str, CatalogModel] = {
             "internvl2",
             _lm("Phi-3-mini-128k", 32, 3072, 32, 32, 8192, 32020, 131072),
             INTERN_VIT_300M,
-            trust_remote_code=True,
         ),
         CatalogModel(
             "internvl2-8b",
@@ -183,7 +178,6 @@ CATALOG: dict[str, CatalogModel] = {
             INTERN_VIT_300M,
             _awq("OpenGVLab/InternVL2-8B-AWQ"),
             hardware_row="InternVL-2 8B",
-            trust_remote_code=True,
         ),
         CatalogModel(
             "internvl2-26b",
@@ -192,7 +186,6 @@ CATALOG: dict[str, CatalogModel] = {
             _lm("InternLM2-Chat-20B", 48, 6144, 48, 8, 16384, 92553, 32768),
             INTERN_VIT_6B,
             _awq("OpenGVLab/InternVL2-26B-AWQ"),
-            trust_remote_code=True,
         ),
         CatalogModel(
             "internvl2-76b",
@@ -201,7 +194,6 @@ CATALOG: dict[str, CatalogModel] = {
             _lm("Hermes-2-Theta-Llama-3-70B", 80, 8192, 64, 8, 28672, 128261, 8192),
             INTERN_VIT_6B,
             _awq("OpenGVLab/InternVL2-Llama3-76B-AWQ"),
-            trust_remote_code=True,
         ),
         CatalogModel(
             "phi-3-vision",
@@ -210,7 +202,6 @@ CATALOG: dict[str, CatalogModel] = {
             _PHI3_MINI,
             CLIP_VIT_L_336_PHI3V,
             hardware_row="Phi-3-Vision 4B",
-            trust_remote_code=True,
         ),
         CatalogModel(
             "phi-3.5-vision",
@@ -218,7 +209,6 @@ CATALOG: dict[str, CatalogModel] = {
             "phi3v",
             _PHI3_MINI,
             CLIP_VIT_L_336_PHI3V,
-            trust_remote_code=True,
         ),
     )
 }

@@ -178,3 +178,8 @@ def detect_gpus() -> list[DetectedGPU]:
         return gpus
     finally:
         pynvml.nvmlShutdown()
+
+
+def gpus_to_plan_for(spec: str | None) -> list[GPUSpec]:
+    """The GPUs a ``--gpu`` spec names, or the ones detected when there is no spec."""
+    return parse_gpu_spec(spec) if spec else [match_detected(g) for g in detect_gpus()]

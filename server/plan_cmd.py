@@ -41,13 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the plan; exit 1 when it does not fit, 2 when there is no GPU to plan for."""
     from server.config import Settings
-    from server.gpus import detect_gpus, match_detected, parse_gpu_spec
+    from server.gpus import gpus_to_plan_for
     from server.planner import Overrides, Workload, plan_model
 
     settings = Settings()
     spec = args.gpu or settings.gpu
     try:
-        gpus = parse_gpu_spec(spec) if spec else [match_detected(g) for g in detect_gpus()]
+        gpus = gpus_to_plan_for(spec)
     except ValueError as exc:
         print(f"vlmserve plan: {exc}", file=sys.stderr)
         return 2

@@ -127,7 +127,6 @@ class Plan:
     kv_cache_tokens: int
     max_concurrent_images: int
     meets_workload: bool
-    trust_remote_code: bool
     explanation: list[str] = field(default_factory=list)
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -148,8 +147,8 @@ class Plan:
         if self.quantization == "bitsandbytes":
             # vLLM 0.26 sets this itself for bitsandbytes; older releases required it.
             args["load_format"] = "bitsandbytes"
-        if self.trust_remote_code:
-            args["trust_remote_code"] = True
+        # No trust_remote_code: vlmserve registers its own classes for the formats that would
+        # need the hub's code (models/hf_registry.py), in vLLM's processes too.
         return args
 
     def to_dict(self) -> dict[str, Any]:
@@ -358,7 +357,6 @@ def _assemble(
         kv_cache_tokens=tokens,
         max_concurrent_images=tokens // image_tokens,
         meets_workload=fits and tokens >= goal,
-        trust_remote_code=model.trust_remote_code,
         overrides=overrides.given(),
     )
     if fits:

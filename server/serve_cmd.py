@@ -13,9 +13,13 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.config import Settings
+from server.engine.factory import EngineUnavailableError
+
+if TYPE_CHECKING:
+    from models.catalog import CatalogModel
 
 logger = logging.getLogger(__name__)
 
@@ -65,42 +69,70 @@ def served_name(model: str, repo_id: str | None) -> str:
     return model if repo_id is not None else Path(model).expanduser().resolve().name
 
 
-def run(args: argparse.Namespace) -> int:
-    """Resolve the model, build the engine and serve until SIGINT/SIGTERM."""
-    import uvicorn
-
-    from server.app import create_app
+def resolve(settings: Settings) -> tuple[Path, str, CatalogModel | None]:
+    """The model folder, the id clients use, and its catalogue entry (the demo when unset)."""
     from server.demo import DEMO_NAME, demo_checkpoint
-    from server.engine.factory import EngineUnavailableError, build_engine
-    from server.logs import configure_logging
-    from server.model_source import ModelNotFoundError, resolve_model
+    from server.model_source import resolve_model
 
-    settings = settings_from_args(args)
-    configure_logging(settings.log_level, settings.json_logs)
     if settings.model is None:
-        model_path = demo_checkpoint(settings.cache_dir)
+        path = demo_checkpoint(settings.cache_dir)
         model_id = settings.served_model_name or DEMO_NAME
         logger.warning(
             "no --model given: serving the tiny built-in demo model %r from %s. It has random "
             "weights, so its answers are random text; pass --model to serve a real model.",
             model_id,
-            model_path,
+            path,
         )
-    else:
-        try:
-            resolved = resolve_model(settings.model, settings)
-        except ModelNotFoundError as exc:
-            print(f"vlmserve: {exc}", file=sys.stderr)
-            return 2
-        model_path = resolved.path
-        if not (model_path / "config.json").exists():
-            print(f"vlmserve: {model_path} is not a model folder (no config.json)", file=sys.stderr)
-            return 2
-        model_id = settings.served_model_name or served_name(settings.model, resolved.repo_id)
-        logger.info("model %s from %s", model_id, model_path)
+        return path, model_id, None
+    resolved = resolve_model(settings.model, settings)
+    if not (resolved.path / "config.json").exists():
+        raise ValueError(f"{resolved.path} is not a model folder (no config.json)")
+    model_id = settings.served_model_name or served_name(settings.model, resolved.repo_id)
+    logger.info("model %s from %s", model_id, resolved.path)
+    return resolved.path, model_id, resolved.catalog
+
+
+def plan_engine_args(settings: Settings, model: CatalogModel | None) -> dict[str, Any] | None:
+    """The planner's vLLM arguments for a catalogue model on the GPUs to serve on.
+
+    A folder the catalogue does not know gets vLLM's own defaults plus the settings' overrides.
+    """
+    from server.gpus import gpus_to_plan_for
+    from server.plan_cmd import format_plan
+    from server.planner import Overrides, Workload, plan_model
+
+    if model is None:
+        logger.info("not a catalogue model: vLLM sizes it with its defaults and your overrides")
+        return None
+    plan = plan_model(
+        model,
+        gpus_to_plan_for(settings.gpu),
+        Workload.from_settings(settings),
+        Overrides.from_settings(settings),
+    )
+    logger.info("plan:\n%s", format_plan(plan))
+    if not plan.fits:
+        raise EngineUnavailableError(" ".join(plan.explanation))
+    return plan.engine_args()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Resolve the model, plan and build the engine, and serve until SIGINT/SIGTERM."""
+    import uvicorn
+
+    from server.app import create_app
+    from server.engine.factory import build_engine, choose_engine
+    from server.logs import configure_logging
+    from server.model_source import ModelNotFoundError
+
+    settings = settings_from_args(args)
+    configure_logging(settings.log_level, settings.json_logs)
     try:
-        engine = build_engine(settings, model_path)
-    except (EngineUnavailableError, ValueError) as exc:
+        model_path, model_id, catalog = resolve(settings)
+        name, _ = choose_engine(settings)
+        plan_args = plan_engine_args(settings, catalog) if name == "vllm" else None
+        engine = build_engine(name, settings, model_path, plan_args)
+    except (ModelNotFoundError, EngineUnavailableError, ValueError) as exc:
         print(f"vlmserve: {exc}", file=sys.stderr)
         return 2
     app = create_app(settings, engine, model_id)

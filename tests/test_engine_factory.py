@@ -71,3 +71,28 @@ def test_serve_with_vllm_and_no_gpu_exits_2_with_one_error_line(tmp_path: Path) 
     errors = [line for line in result.stderr.splitlines() if "NVIDIA GPU" in line]
     assert len(errors) == 1, result.stderr
     assert errors[0].startswith("vlmserve: engine=vllm needs an NVIDIA GPU")
+
+
+def test_serve_plans_catalogue_models_for_vllm() -> None:
+    """The plan's engine arguments reach vLLM's arguments; settings still win; video stays off."""
+    from models.catalog import get_model
+    from server.engine.vllm_engine import engine_args_from_settings
+    from server.serve_cmd import plan_engine_args
+
+    settings = Settings(gpu="A10G", max_num_seqs=3)
+    plan_args = plan_engine_args(settings, get_model("llava-1.5-7b"))
+    assert plan_args is not None and plan_args["max_model_len"] >= 576
+    args = engine_args_from_settings(settings, "/models/llava", plan_args)
+    assert args["max_model_len"] == plan_args["max_model_len"]
+    assert args["max_num_seqs"] == 3
+    assert args["limit_mm_per_prompt"] == {"video": 0, **plan_args["limit_mm_per_prompt"]}
+    assert args["trust_remote_code"] is False
+    assert plan_engine_args(settings, None) is None
+
+
+def test_serve_refuses_a_model_that_does_not_fit() -> None:
+    from models.catalog import get_model
+    from server.serve_cmd import plan_engine_args
+
+    with pytest.raises(factory.EngineUnavailableError, match="H100"):
+        plan_engine_args(Settings(gpu="RTX3070"), get_model("internvl2-76b"))

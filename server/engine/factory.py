@@ -32,6 +32,12 @@ def vllm_installed() -> bool:
 
 def choose_engine(settings: Settings) -> tuple[str, str]:
     """``(engine name, reason)`` for ``settings.engine`` on this machine."""
+    name, reason = _choose(settings)
+    logger.info("engine: %s (%s)", name, reason)
+    return name, reason
+
+
+def _choose(settings: Settings) -> tuple[str, str]:
     if settings.engine == "transformers":
         return "transformers", "engine=transformers was asked for"
     gpus = detect_gpus()
@@ -55,14 +61,15 @@ def choose_engine(settings: Settings) -> tuple[str, str]:
 
 
 def build_engine(
-    settings: Settings, model_path: str | Path, plan_args: Mapping[str, Any] | None = None
+    name: str,
+    settings: Settings,
+    model_path: str | Path,
+    plan_args: Mapping[str, Any] | None = None,
 ) -> Engine:
-    """The chosen engine for ``model_path``, not yet started.
+    """The engine ``name`` (from :func:`choose_engine`) for ``model_path``, not yet started.
 
     ``plan_args`` are the planner's vLLM engine arguments; settings that are set override them.
     """
-    name, reason = choose_engine(settings)
-    logger.info("engine: %s (%s)", name, reason)
     if name == "vllm":
         from server.engine.vllm_engine import VLLMEngine, engine_args_from_settings
 

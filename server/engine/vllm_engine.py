@@ -92,6 +92,7 @@ def engine_args_from_settings(
         "limit_mm_per_prompt": {"image": settings.max_images_per_request, "video": 0},
     }
     args.update(plan_args or {})
+    args["limit_mm_per_prompt"] = {"video": 0, **args["limit_mm_per_prompt"]}
     for name in _SETTING_OVERRIDES:
         value = getattr(settings, name)
         if value is not None:

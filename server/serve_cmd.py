@@ -71,6 +71,7 @@ def served_name(model: str, repo_id: str | None) -> str:
 
 def resolve(settings: Settings) -> tuple[Path, str, CatalogModel | None]:
     """The model folder, the id clients use, and its catalogue entry (the demo when unset)."""
+    from models.catalog import CATALOG
     from server.demo import DEMO_NAME, demo_checkpoint
     from server.model_source import resolve_model
 
@@ -89,7 +90,9 @@ def resolve(settings: Settings) -> tuple[Path, str, CatalogModel | None]:
         raise ValueError(f"{resolved.path} is not a model folder (no config.json)")
     model_id = settings.served_model_name or served_name(settings.model, resolved.repo_id)
     logger.info("model %s from %s", model_id, resolved.path)
-    return resolved.path, model_id, resolved.catalog
+    # A folder served under a catalogue name (a full-size config for dummy weights) is planned
+    # as that catalogue model.
+    return resolved.path, model_id, resolved.catalog or CATALOG.get(model_id)
 
 
 def plan_engine_args(settings: Settings, model: CatalogModel | None) -> dict[str, Any] | None:

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.config import Settings
-from server.engine.base import Engine, EngineOutput, EngineRequest, ImageInput, SamplingOptions
+from server.engine.base import (
+    Engine,
+    EngineOutput,
+    EngineRequest,
+    ImageInput,
+    SamplingOptions,
+    TokenLogprob,
+)
 from server.errors import APIError, BadRequestError, InternalError, NotFoundError
 from server.images import ImageLimits, load_image
 from server.metrics import Metrics
@@ -44,6 +51,7 @@ class _Tally:
 
     texts: list[str]
     reasons: list[str | None]
+    logprobs: list[list[dict[str, Any]]]
     prompt_tokens: int = 0
     completion_tokens: int = 0
     started: float = field(default_factory=time.perf_counter)
@@ -55,9 +63,15 @@ class _Tally:
         self.prompt_tokens = output.prompt_tokens
         for delta in output.deltas:
             self.texts[delta.index] += delta.text
+            self.logprobs[delta.index] += logprob_entries(delta.logprobs)
             self.completion_tokens += delta.num_tokens
             if delta.finish_reason:
                 self.reasons[delta.index] = delta.finish_reason
+
+    @classmethod
+    def for_request(cls, request: EngineRequest) -> _Tally:
+        n = request.sampling.n
+        return cls([""] * n, [None] * n, [[] for _ in range(n)])
 
     def usage(self) -> Usage:
         return Usage(
@@ -144,12 +158,18 @@ class ChatHandler:
 
     async def complete(self, request: EngineRequest) -> ChatCompletion:
         """Run a request to the end and answer it whole."""
-        tally = _Tally([""] * request.sampling.n, [None] * request.sampling.n)
+        tally = _Tally.for_request(request)
         async for output in self.engine.generate(request):
             tally.add(output)
         self._record(tally)
+        wants_logprobs = request.sampling.logprobs
         choices = [
-            Choice(index=i, message=AssistantMessage(content=text), finish_reason=reason)
+            Choice(
+                index=i,
+                message=AssistantMessage(content=text),
+                finish_reason=reason,
+                logprobs={"content": tally.logprobs[i]} if wants_logprobs else None,
+            )
             for i, (text, reason) in enumerate(zip(tally.texts, tally.reasons, strict=True))
         ]
         return ChatCompletion(
@@ -180,7 +200,7 @@ class ChatHandler:
         outputs: AsyncGenerator[EngineOutput, None],
         include_usage: bool,
     ) -> AsyncIterator[str]:
-        tally = _Tally([""] * request.sampling.n, [None] * request.sampling.n)
+        tally = _Tally.for_request(request)
         chunk = _ChunkWriter(completion_id(), now(), self.model_id)
         try:
             yield chunk.choices(
@@ -192,7 +212,7 @@ class ChatHandler:
             output: EngineOutput | None = first
             while output is not None:
                 tally.add(output)
-                deltas = [d for d in output.deltas if d.text or d.finish_reason]
+                deltas = [d for d in output.deltas if d.text or d.finish_reason or d.logprobs]
                 if deltas:
                     yield chunk.choices(
                         [
@@ -200,6 +220,9 @@ class ChatHandler:
                                 index=d.index,
                                 delta=DeltaMessage(content=d.text or None),
                                 finish_reason=d.finish_reason,
+                                logprobs=None
+                                if d.logprobs is None
+                                else {"content": logprob_entries(d.logprobs)},
                             )
                             for d in deltas
                         ]
@@ -246,6 +269,18 @@ class _ChunkWriter:
                 id=self.id, created=self.created, model=self.model, choices=[], usage=usage
             ).model_dump()
         )
+
+
+def logprob_entries(entries: list[TokenLogprob] | None) -> list[dict[str, Any]]:
+    """Engine logprobs in OpenAI's ``logprobs.content`` form."""
+
+    def one(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    return [
+        {**one(e.token, e.logprob), "top_logprobs": [one(t, lp) for t, lp in e.top]}
+        for e in entries or []
+    ]
 
 
 def _sse(payload: dict[str, Any]) -> str:

@@ -15,7 +15,14 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app
 from server.config import Settings
-from server.engine.base import ChoiceDelta, Engine, EngineOutput, EngineRequest, EngineStats
+from server.engine.base import (
+    ChoiceDelta,
+    Engine,
+    EngineOutput,
+    EngineRequest,
+    EngineStats,
+    TokenLogprob,
+)
 
 
 class ScriptedEngine(Engine):
@@ -38,10 +45,15 @@ class ScriptedEngine(Engine):
         return None
 
     async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
-        yield EngineOutput(3, [ChoiceDelta(0, "a", 1)])
+        logprobs = request.sampling.logprobs
+        yield EngineOutput(3, [ChoiceDelta(0, "a", 1, logprobs=self.logprob("a", logprobs))])
         if self.failure:
             raise self.failure
-        yield EngineOutput(3, [ChoiceDelta(0, "b", 1, "stop")])
+        yield EngineOutput(3, [ChoiceDelta(0, "b", 1, "stop", self.logprob("b", logprobs))])
+
+    @staticmethod
+    def logprob(token: str, wanted: bool) -> list[TokenLogprob] | None:
+        return [TokenLogprob(token, -0.5, [(token, -0.5), ("z", -2.0)])] if wanted else None
 
     async def abort(self, request_id: str) -> None:
         return None
@@ -102,3 +114,25 @@ def test_unexpected_failure_is_a_generic_500() -> None:
         assert response.status_code == 500
         assert response.json()["error"]["type"] == "internal_error"
         assert "secret detail" not in response.text
+
+
+def test_logprobs_in_openai_shape_streaming_and_not() -> None:
+    with loaded_client(ScriptedEngine()) as client:
+        wait_ready(client)
+        body = {**BODY, "logprobs": True, "top_logprobs": 2}
+        whole = client.post("/v1/chat/completions", json=body).json()["choices"][0]["logprobs"]
+        assert [e["token"] for e in whole["content"]] == ["a", "b"]
+        assert whole["content"][0]["bytes"] == [97]
+        assert whole["content"][0]["top_logprobs"][1] == {
+            "token": "z",
+            "logprob": -2.0,
+            "bytes": [122],
+        }
+        stream = client.post("/v1/chat/completions", json={**body, "stream": True}).text
+        chunks = [
+            json.loads(line[6:]) for line in stream.splitlines() if line.startswith("data: {")
+        ]
+        streamed = [c["choices"][0]["logprobs"] for c in chunks[1:]]
+        assert [e["content"][0]["token"] for e in streamed] == ["a", "b"]
+        plain = client.post("/v1/chat/completions", json=BODY).json()["choices"][0]
+        assert plain["logprobs"] is None

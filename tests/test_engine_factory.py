@@ -75,6 +75,9 @@ def test_serve_with_vllm_and_no_gpu_exits_2_with_one_error_line(tmp_path: Path) 
 
 def test_serve_plans_catalogue_models_for_vllm() -> None:
     """The plan's engine arguments reach vLLM's arguments; settings still win; video stays off."""
+    from tests import vllm_cpu
+
+    vllm_cpu.install()  # before vLLM is first imported, or its platform is fixed as "none"
     from models.catalog import get_model
     from server.engine.vllm_engine import engine_args_from_settings
     from server.serve_cmd import plan_engine_args

@@ -9,6 +9,7 @@ to the log only.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -48,7 +49,7 @@ class APIError(Exception):
         """Extra response headers (``Retry-After`` for 429 and 503)."""
         if self.retry_after is None:
             return {}
-        return {"Retry-After": str(max(1, round(self.retry_after)))}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
 
 class BadRequestError(APIError):

@@ -12,9 +12,19 @@ import time
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
+def for_request(request_id: str) -> dict[str, str]:
+    """``extra=`` for a log call about ``request_id`` made outside its task (a worker thread).
+
+    Context variables do not cross into threads the server did not start with the request's
+    context, so the engine's worker thread names the request explicitly.
+    """
+    return {"request_id": request_id}
+
+
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id_var.get()
         return True
 
 

@@ -147,6 +147,31 @@ class EventStreamResponse(StreamingResponse):
             await self._events.aclose()  # type: ignore[attr-defined]
 
 
+def _caller(request: Request, credentials: Credentials) -> str:
+    """The caller's id from its bearer token (401 when keys are set and it has none)."""
+    state: ServerState = request.app.state.vlm
+    return state.keys.caller(credentials.credentials if credentials else None)
+
+
+Caller = Annotated[str, Depends(_caller)]
+
+
+def _admitted_caller(request: Request, who: Caller) -> str:
+    """The caller, once its rate limits admit one more request (else 429)."""
+    request.app.state.vlm.limiter.admit(who)
+    return who
+
+
+def _metrics_access(request: Request, credentials: Credentials) -> None:
+    """Metrics need a key only with ``protect_metrics``."""
+    if request.app.state.vlm.settings.protect_metrics:
+        _caller(request, credentials)
+
+
+AdmittedCaller = Annotated[str, Depends(_admitted_caller)]
+MetricsAccess = Annotated[None, Depends(_metrics_access)]
+
+
 def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
     """The application serving ``engine`` as ``model_id``."""
     state = ServerState(settings, engine, model_id)
@@ -181,22 +206,9 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
             raise problem
         return state
 
-    def caller(credentials: Credentials) -> str:
-        """The caller's id from its bearer token (401 when keys are set and it has none)."""
-        return state.keys.caller(credentials.credentials if credentials else None)
-
-    def admitted_caller(who: Annotated[str, Depends(caller)]) -> str:
-        """The caller, once its rate limits admit one more request (else 429)."""
-        state.limiter.admit(who)
-        return who
-
-    def metrics_caller(credentials: Credentials) -> None:
-        if settings.protect_metrics:
-            caller(credentials)
-
     @app.post(CHAT_PATH, response_model=ChatCompletion, responses=_ERRORS)
     async def chat_completions(
-        body: ChatCompletionRequest, request: Request, who: Annotated[str, Depends(admitted_caller)]
+        body: ChatCompletionRequest, request: Request, who: AdmittedCaller
     ) -> Any:
         handler = ready_state().chat
         deadline = asyncio.get_running_loop().time() + settings.request_timeout_seconds
@@ -214,7 +226,7 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
         return await with_cancellation(request, handler.complete(engine_request, deadline, charge))
 
     @app.get("/v1/models", response_model=ModelList, responses=_ERRORS)
-    async def list_models(_: Annotated[str, Depends(caller)]) -> ModelList:
+    async def list_models(_: Caller) -> ModelList:
         return ModelList(data=[ModelCard(id=model_id, created=state.created)])
 
     @app.get("/health", responses={503: {"model": ErrorResponse}})
@@ -225,7 +237,7 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
         return JSONResponse({"status": "ok", "model": model_id, "engine": engine.name})
 
     @app.get("/metrics", response_class=Response, responses={401: {"model": ErrorResponse}})
-    async def metrics(_: Annotated[None, Depends(metrics_caller)]) -> Response:
+    async def metrics(_: MetricsAccess) -> Response:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     return app

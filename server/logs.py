@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import sys
 import time
 
@@ -51,6 +52,10 @@ def configure_logging(level: str, json_logs: bool) -> None:
         if json_logs
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
     )
+    if json_logs:
+        # Progress bars write straight to stderr and would break one-object-per-line.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

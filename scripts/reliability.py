@@ -39,6 +39,8 @@ def fuzz(server: ServerProcess, examples: int) -> tuple[int, collections.Counter
     for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
         for result in schema.get_all_operations():
             operation = result.ok()
+            if mode == schemathesis.GenerationMode.NEGATIVE and operation.method.upper() == "GET":
+                continue  # nothing to break: the GET routes take no input
 
             @hypothesis.settings(
                 max_examples=examples,

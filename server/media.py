@@ -112,9 +112,9 @@ def domain_allowed(host: str, allowed: tuple[str, ...]) -> bool:
 class MediaFetcher:
     """Turns ``http(s)://`` and ``file://`` image URLs into bytes, or a 400 naming ``param``."""
 
-    def __init__(self, policy: MediaPolicy) -> None:
+    def __init__(self, policy: MediaPolicy, tls: ssl.SSLContext | None = None) -> None:
         self.policy = policy
-        self._tls = ssl.create_default_context()
+        self._tls = tls or ssl.create_default_context()
 
     async def fetch(self, url: str, param: str) -> bytes:
         """The bytes behind ``url``; any refusal or failure is a :class:`BadRequestError`."""

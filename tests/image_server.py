@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.server
 import io
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -91,11 +92,13 @@ class ImageServer:
 
 
 @contextmanager
-def image_server() -> Iterator[ImageServer]:
-    """Serve on a free loopback port for the duration of the block."""
+def image_server(tls: ssl.SSLContext | None = None) -> Iterator[ImageServer]:
+    """Serve on a free loopback port for the duration of the block (HTTPS with ``tls``)."""
     seen = Seen()
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(seen))
     httpd.daemon_threads = True
+    if tls is not None:
+        httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:

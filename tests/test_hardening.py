@@ -231,6 +231,12 @@ def test_image_token_cap_per_request(hardened: ServerProcess) -> None:
     assert error["param"] == "messages[0].content[3].image_url"
 
 
+def test_images_per_request_are_capped(demo_server: ServerProcess) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        ask(demo_server, "unused", *[image_data_url(8, 8)] * 9)
+    assert error_of(err.value)["code"] == "too_many_images"
+
+
 @pytest.mark.parametrize(
     "url",
     [

@@ -112,3 +112,18 @@ def test_image_token_budget_names_the_image_that_goes_over() -> None:
         check_image_tokens(family, images, params, 2 * 576 + 1)
     assert err.value.param == "messages[0].content[2].image_url"
     assert err.value.code == "too_many_image_tokens"
+
+
+def test_decoding_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import server.images as images
+
+    threads: list[threading.Thread] = []
+    real = images._open_checked
+
+    def spy(*args):  # type: ignore[no-untyped-def]
+        threads.append(threading.current_thread())
+        return real(*args)
+
+    monkeypatch.setattr(images, "_open_checked", spy)
+    decode(encode(Image.new("RGB", (8, 8)), "PNG"))
+    assert threads and threads[0] is not threading.main_thread()

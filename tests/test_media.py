@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import shutil
+import ssl
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,6 +151,42 @@ def test_public_name_is_fetched_from_the_checked_address(
     assert data == png_bytes(10, 7)
     assert images.seen.requests == [("/image.png", f"images.example:{images.port}")]
     assert dns["__calls__"].count("images.example") == 1
+
+
+@pytest.fixture(scope="module")
+def tls_images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ImageServer, Path]]:
+    """An HTTPS image server on loopback with a self-signed certificate for images.example."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=images.example"]
+        + ["-addext", "subjectAltName=DNS:images.example"],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with image_server(tls=context) as server:
+        yield server, cert
+
+
+def test_https_is_pinned_and_verified_against_the_hostname(
+    tls_images: tuple[ImageServer, Path], dns: dict, loopback_is_public: None
+) -> None:
+    """Connecting to the checked address keeps TLS honest: SNI and the certificate name the host."""
+    server, cert = tls_images
+    trust = ssl.create_default_context(cafile=str(cert))
+    fetch = MediaFetcher(MediaPolicy(max_bytes=1_000_000, timeout=5.0), tls=trust)
+    dns["images.example"] = ["127.0.0.1"]
+    dns["other.example"] = ["127.0.0.1"]
+    url = f"https://images.example:{server.port}/image.png"
+    assert asyncio.run(fetch.fetch(url, PARAM)) == png_bytes()
+    assert server.seen.requests[-1] == ("/image.png", f"images.example:{server.port}")
+    wrong_name = refused(fetch, f"https://other.example:{server.port}/image.png")
+    assert wrong_name.code == "image_fetch_failed"
 
 
 def test_every_redirect_is_checked_again(

@@ -217,14 +217,13 @@ class ChatHandler:
     ) -> ChatCompletion:
         """Run a request to the end (or a 504 at ``deadline``) and answer it whole."""
         tally = _Tally([""] * request.sampling.n, [None] * request.sampling.n)
+        outputs = aiter(self.engine.generate(request))
         try:
-            async with (
-                deadline_scope(deadline),
-                contextlib.aclosing(self.engine.generate(request)) as outputs,
-            ):
+            async with deadline_scope(deadline):
                 async for output in outputs:
                     tally.add(output)
         finally:
+            await outputs.aclose()  # type: ignore[attr-defined]
             if on_usage is not None:
                 on_usage(tally.total_tokens)
         self._record(tally)

@@ -230,7 +230,7 @@ class TransformersEngine(Engine):
                     s for s in self._running if s.owner.request.request_id not in self._aborted
                 ]
                 self._aborted.clear()
-            admitted = []
+            admitted: list[_Request] = []
             room = self.max_batch_size - len(self._running)
             while self._pending and (
                 room >= self._pending[0].request.sampling.n or not admitted and not self._running

@@ -246,7 +246,12 @@ def run_load(server: ServerProcess, requests: int, concurrency: int) -> bool:
     seconds = time.perf_counter() - started
     after = rss_mib(server.process.pid)
     running, waiting = engine_gauges(server)
-    fivexx = sum(n for code, n in result.refused.items() if code.startswith("5"))
+    # A second, identical round: growth that repeats is a leak, growth that does not is warm-up.
+    again = asyncio.run(load(server, requests, concurrency, 0.2, 48))
+    after_again = rss_mib(server.process.pid)
+    settled_again = engine_gauges(server) == (0, 0)
+    refusals = [*result.refused.items(), *again.refused.items()]
+    fivexx = sum(n for code, n in refusals if code.startswith("5"))
     print(
         f"load: {result.sent} streaming requests at concurrency {concurrency} in {seconds:.1f} s: "
         f"{result.completed} completed + {result.aborted} left early = "
@@ -256,12 +261,14 @@ def run_load(server: ServerProcess, requests: int, concurrency: int) -> bool:
     print(f"  engine after the load: {running:g} running, {waiting:g} waiting")
     print(
         f"  server memory: {before:.0f} MiB after warm-up, {after:.0f} MiB after the load "
-        f"({after - before:+.0f} MiB)"
+        f"({after - before:+.0f} MiB), {after_again:.0f} MiB after a second round of "
+        f"{again.sent} ({after_again - after:+.0f} MiB; {again.completed} completed + "
+        f"{again.aborted} left early)"
     )
     for problem in result.broken[:10]:
         print(f"  broken: {problem}")
-    complete = result.completed + result.aborted == result.sent
-    return complete and not fivexx and not result.broken and running == waiting == 0
+    complete = all(r.completed + r.aborted == r.sent and not r.broken for r in (result, again))
+    return complete and not fivexx and running == waiting == 0 and settled_again
 
 
 def run_sigterm(root: Path, requests: int, concurrency: int) -> bool:

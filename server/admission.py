@@ -12,11 +12,13 @@ import asyncio
 import json
 import logging
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import APIError, OverloadedError
 
 logger = logging.getLogger(__name__)
+
+_CUT = "The server shut down before this request finished; retry on another replica."
 
 
 class Admission:
@@ -78,9 +80,23 @@ class AdmissionMiddleware:
             logger.info("refused: %s", refusal.code)
             await _send_error(send, refusal)
             return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         self.admission.enter()
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            if not (self.admission.draining and not started):
+                raise
+            # The shutdown grace ran out and uvicorn cancelled the request: answer in OpenAI's
+            # shape (uvicorn would send a bare 500) so the client retries elsewhere.
+            logger.warning("cut by shutdown before it finished")
+            await _send_error(send, OverloadedError(_CUT, code="shutting_down", retry_after=1))
         finally:
             self.admission.leave()
 

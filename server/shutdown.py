@@ -11,6 +11,7 @@ exit, and the process exits 0. A second signal stops the wait.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import signal
 import socket
@@ -47,9 +48,11 @@ class DrainingServer(uvicorn.Server):
         if self.admission.draining or self._loop is None:
             self.should_exit = True
             return
-        # Only a flag and a wake-up here: this runs inside a signal handler.
+        # Only a flag and a wake-up here: this runs inside a signal handler, in the context of
+        # whatever task was interrupted, so the drain gets a context of its own (no request id).
         self.admission.draining = True
-        self._loop.call_soon_threadsafe(self._start_drain, signal.Signals(sig).name)
+        name = signal.Signals(sig).name
+        self._loop.call_soon_threadsafe(self._start_drain, name, context=contextvars.Context())
 
     def _start_drain(self, name: str) -> None:
         self._drain_task = asyncio.get_running_loop().create_task(self._drain(name))

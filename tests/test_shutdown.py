@@ -69,7 +69,7 @@ def test_sigterm_drains_requests_in_flight_then_exits_0(tiny_model, tmp_path: Pa
             assert server.process.wait(60) == 0
         finally:
             server.stop()
-    assert "draining; 2 request(s) in flight" in server.log()
+    assert "[-] SIGTERM: draining; 2 request(s) in flight" in server.log()
 
 
 def wait_for_status(url: str, status: int) -> bool:
@@ -79,3 +79,27 @@ def wait_for_status(url: str, status: int) -> bool:
             return True
         threading.Event().wait(0.05)
     return False
+
+
+def test_requests_past_the_grace_do_not_keep_the_process(tiny_model, tmp_path: Path) -> None:
+    """A request that never finishes is cut when the grace runs out; the exit is still 0."""
+    env = {
+        "VLMSERVE_ALLOW_PRIVATE_MEDIA_URLS": "true",
+        "VLMSERVE_MEDIA_FETCH_TIMEOUT_SECONDS": "300",
+        "VLMSERVE_SHUTDOWN_GRACE_SECONDS": "1",
+    }
+    with image_server() as images:
+        server = start_server(["--model", str(tiny_model("llava"))], tmp_path / "log", env=env)
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                stuck = pool.submit(chat, server, images.url("/stall"))
+                assert images.seen.stalled.acquire(timeout=60)
+                server.process.send_signal(signal.SIGTERM)
+                assert server.process.wait(120) == 0
+                with pytest.raises(openai.InternalServerError) as err:
+                    stuck.result()
+                assert err.value.status_code == 503
+                assert err.value.response.json()["error"]["code"] == "shutting_down"
+        finally:
+            server.stop()
+    assert "shutdown grace ran out with 1 request(s) in flight" in server.log()

@@ -66,6 +66,10 @@ class AuthenticationError(APIError):
     error_type = "authentication_error"
     default_code = "invalid_api_key"
 
+    def headers(self) -> dict[str, str]:
+        """``WWW-Authenticate: Bearer``, the scheme the server expects (RFC 6750)."""
+        return {"WWW-Authenticate": "Bearer"}
+
 
 class NotFoundError(APIError):
     """Unknown model or route (404)."""

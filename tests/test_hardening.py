@@ -112,6 +112,7 @@ def test_api_keys_are_required(hardened: ServerProcess) -> None:
     for headers in ({}, {"Authorization": "Basic c2stbWFpbg=="}, {"Authorization": "Bearer"}):
         missing = httpx.post(f"{hardened.base_url}/chat/completions", headers=headers, json={})
         assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_api_key"
+        assert missing.headers["www-authenticate"] == "Bearer"
     with pytest.raises(openai.AuthenticationError):
         api(hardened, "sk-wrong").models.list()
     assert ask(hardened, FILE_KEY).choices[0].finish_reason in ("stop", "length")

@@ -48,6 +48,8 @@ def _image_urls() -> dict[str, str]:
         "file url": "file:///etc/passwd",
         "ftp url": "ftp://127.0.0.1/cat.png",
         "gopher url": "gopher://127.0.0.1:1/_",
+        "malformed url": "http://[::1",
+        "port out of range": "http://127.0.0.1:99999/cat.png",
         "no scheme": "cat.png",
         "empty url": "",
     }

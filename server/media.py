@@ -118,11 +118,14 @@ class MediaFetcher:
 
     async def fetch(self, url: str, param: str) -> bytes:
         """The bytes behind ``url``; any refusal or failure is a :class:`BadRequestError`."""
-        scheme = urlsplit(url).scheme.lower()
+        scheme = url.partition(":")[0].lower()
         if scheme in ("http", "https"):
             try:
                 async with asyncio.timeout(self.policy.timeout):
                     return await self._fetch_http(url, param)
+            except httpx.InvalidURL:
+                # A malformed URL, or a redirect to one.
+                raise _refuse("The image URL is not valid.", param, "invalid_image_url") from None
             except TimeoutError:
                 raise _refuse(
                     f"Fetching the image took longer than {self.policy.timeout:g} seconds.",
@@ -180,6 +183,8 @@ class MediaFetcher:
                 "image_url_not_allowed",
             )
         port = url.port or (443 if url.scheme == "https" else 80)
+        if not 0 < port < 65536:
+            raise _refuse(f"{port} is not a TCP port.", param, "invalid_image_url")
         try:
             addresses = await resolve(host, port)
         except (OSError, UnicodeError):
@@ -213,7 +218,10 @@ class MediaFetcher:
         root = self.policy.local_root
         if root is None:
             raise _refuse("file:// image URLs are not enabled.", param, "image_url_not_allowed")
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            raise _refuse("The image URL is not valid.", param, "invalid_image_url") from None
         if parts.netloc not in ("", "localhost"):
             raise _refuse("file:// URLs must name a local path.", param, "invalid_image_url")
         try:

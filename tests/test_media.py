@@ -236,6 +236,12 @@ def test_a_stalled_url_times_out(images: ImageServer) -> None:
     assert error.code == "image_fetch_timeout"
 
 
+def test_malformed_urls_are_refused(images: ImageServer, dns: dict) -> None:
+    for url in ("http://[::1", "http://\u2603\u2603..com/", "http://", "http://127.0.0.1:99999/"):
+        assert refused(fetcher(allow_private=True), url).code == "invalid_image_url"
+    refused(fetcher(allow_private=True), images.url("/redirect?to=http://[::1"))
+
+
 def test_other_schemes_are_refused() -> None:
     for url in ("ftp://example.com/a.png", "gopher://127.0.0.1/", "file:///etc/passwd"):
         refused(fetcher(), url)
@@ -256,6 +262,7 @@ def test_file_urls_only_under_the_allowed_folder(tmp_path: Path) -> None:
         f"file://{root}/sub",
         f"file://{root}/missing.png",
         f"file://otherhost{root}/sub/cat.png",
+        "file://[::1",
     ):
         refused(fetch, url)
     assert refused(fetcher(), f"file://{root}/sub/cat.png").code == "image_url_not_allowed"

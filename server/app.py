@@ -1,22 +1,27 @@
-"""The FastAPI application: routes, lifespan (model loading), request ids and metrics.
+"""The FastAPI application: routes, lifespan (model loading), access, request ids and metrics.
 
 Routes stay thin: they fetch the handler and choose the response type. The model loads in the
-background after the server starts listening, so ``/health`` can answer 503 until it is ready.
+background after the server starts listening, so ``/health`` can answer 503 until it is ready,
+and again from the moment the server starts draining for shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.access import KeyChecker, RateLimiter, load_api_keys
+from server.admission import Admission, AdmissionMiddleware
 from server.config import Settings
 from server.engine.base import Engine
 from server.errors import OverloadedError, error_response, install_error_handlers
@@ -30,7 +35,7 @@ from server.protocol import (
     ModelList,
     now,
 )
-from server.serving import ChatHandler
+from server.serving import ChatHandler, deadline_scope
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +43,8 @@ CHAT_PATH = "/v1/chat/completions"
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 404, 429, 500, 503, 504)
 }
+_bearer = HTTPBearer(auto_error=False, description="One of the server's API keys, if it has any.")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 class ServerState:
@@ -51,8 +58,21 @@ class ServerState:
         self.metrics = Metrics(lambda: engine.stats() if self.ready else None)
         self.chat = ChatHandler(engine, settings, model_id, self.metrics)
         self.created = now()
+        self.admission = Admission(settings.max_queued_requests)
+        self.keys = KeyChecker(load_api_keys(settings))
+        self.limiter = RateLimiter(
+            settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute
+        )
         #: Called when the model cannot be loaded (the CLI stops the server).
         self.on_fatal: Callable[[BaseException], None] = lambda exc: None
+
+    def unavailable(self) -> OverloadedError | None:
+        """Why the server is not ready for requests (loading, draining), if it is not."""
+        if self.admission.draining:
+            return OverloadedError("The server is shutting down.", code="shutting_down")
+        if not self.ready:
+            return OverloadedError("The model is still loading.", retry_after=5, code="loading")
+        return None
 
 
 class RequestIdMiddleware:
@@ -109,6 +129,49 @@ async def with_cancellation(request: Request, work: Awaitable[Any]) -> Any:
     return Response(status_code=499)
 
 
+class EventStreamResponse(StreamingResponse):
+    """Server-sent events whose generator is closed as soon as the response ends.
+
+    Starlette leaves an unfinished body iterator to the garbage collector; closing it here aborts
+    the engine request at once when the client goes away mid-stream.
+    """
+
+    def __init__(self, events: AsyncIterator[str]) -> None:
+        super().__init__(events, media_type="text/event-stream")
+        self._events = events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._events.aclose()  # type: ignore[attr-defined]
+
+
+def _caller(request: Request, credentials: Credentials) -> str:
+    """The caller's id from its bearer token (401 when keys are set and it has none)."""
+    state: ServerState = request.app.state.vlm
+    return state.keys.caller(credentials.credentials if credentials else None)
+
+
+Caller = Annotated[str, Depends(_caller)]
+
+
+def _admitted_caller(request: Request, who: Caller) -> str:
+    """The caller, once its rate limits admit one more request (else 429)."""
+    request.app.state.vlm.limiter.admit(who)
+    return who
+
+
+def _metrics_access(request: Request, credentials: Credentials) -> None:
+    """Metrics need a key only with ``protect_metrics``."""
+    if request.app.state.vlm.settings.protect_metrics:
+        _caller(request, credentials)
+
+
+AdmittedCaller = Annotated[str, Depends(_admitted_caller)]
+MetricsAccess = Annotated[None, Depends(_metrics_access)]
+
+
 def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
     """The application serving ``engine`` as ``model_id``."""
     state = ServerState(settings, engine, model_id)
@@ -134,39 +197,47 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
     app = FastAPI(title="vlmserve", version="0.1.0", lifespan=lifespan)
     app.state.vlm = state
     install_error_handlers(app)
+    app.add_middleware(AdmissionMiddleware, admission=state.admission, path=CHAT_PATH)
     app.add_middleware(RequestIdMiddleware, metrics=state.metrics)
 
     def ready_state() -> ServerState:
-        if not state.ready:
-            raise OverloadedError("The model is still loading.", retry_after=5, code="loading")
+        problem = state.unavailable()
+        if problem is not None:
+            raise problem
         return state
 
     @app.post(CHAT_PATH, response_model=ChatCompletion, responses=_ERRORS)
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    async def chat_completions(
+        body: ChatCompletionRequest, request: Request, who: AdmittedCaller
+    ) -> Any:
         handler = ready_state().chat
-        engine_request = await handler.build(body, request_id_var.get())
+        deadline = asyncio.get_running_loop().time() + settings.request_timeout_seconds
+        charge = functools.partial(state.limiter.charge, who)
+        async with deadline_scope(deadline):
+            engine_request = await handler.build(body, request_id_var.get())
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             events = await with_cancellation(
-                request, handler.open_stream(engine_request, include_usage)
+                request, handler.open_stream(engine_request, include_usage, deadline, charge)
             )
             if isinstance(events, Response):
                 return events
-            return StreamingResponse(events, media_type="text/event-stream")
-        return await with_cancellation(request, handler.complete(engine_request))
+            return EventStreamResponse(events)
+        return await with_cancellation(request, handler.complete(engine_request, deadline, charge))
 
-    @app.get("/v1/models", response_model=ModelList)
-    async def list_models() -> ModelList:
+    @app.get("/v1/models", response_model=ModelList, responses=_ERRORS)
+    async def list_models(_: Caller) -> ModelList:
         return ModelList(data=[ModelCard(id=model_id, created=state.created)])
 
     @app.get("/health", responses={503: {"model": ErrorResponse}})
     async def health() -> Response:
-        if not state.ready:
-            return error_response(OverloadedError("The model is still loading.", code="loading"))
+        problem = state.unavailable()
+        if problem is not None:
+            return error_response(problem)
         return JSONResponse({"status": "ok", "model": model_id, "engine": engine.name})
 
-    @app.get("/metrics", response_class=Response)
-    async def metrics() -> Response:
+    @app.get("/metrics", response_class=Response, responses={401: {"model": ErrorResponse}})
+    async def metrics(_: MetricsAccess) -> Response:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     return app

@@ -85,48 +85,67 @@ class Settings(BaseSettings):
         description="Largest image accepted, in pixels (width x height), checked before decoding.",
     )
     media_fetch_timeout_seconds: float = Field(
-        default=10.0, gt=0, description="Connect and read timeout for http(s) image URLs."
+        default=10.0,
+        gt=0,
+        description="Time limit for fetching one http(s) image URL: connecting, redirects and "
+        "the body together; past it the request gets a 400.",
     )
     allowed_media_domains: str | None = Field(
         default=None,
-        description="Comma-separated domains image URLs may come from; unset allows any public "
-        "host.",
+        description="Comma-separated domains image URLs may come from (the domain or any "
+        "subdomain, checked on every redirect); unset allows any public host.",
     )
     allow_private_media_urls: bool = Field(
         default=False,
-        description="Allow image URLs that resolve to loopback, private or link-local addresses.",
+        description="Allow image URLs that resolve to loopback, private, link-local or other "
+        "non-public addresses (refused by default, redirects included).",
     )
     allowed_local_media_path: Path | None = Field(
         default=None,
-        description="Folder under which file:// image URLs are allowed; unset refuses them.",
+        description="Folder under which file:// image URLs are allowed (checked after "
+        "resolving symlinks and ..); unset refuses them.",
     )
 
     # -- access and overload ----------------------------------------------------------------------
     api_keys: str | None = Field(
-        default=None, description="Comma-separated API keys; when set, requests need one."
+        default=None,
+        description="Comma-separated API keys; when set (here or in api_keys_file), requests "
+        "need 'Authorization: Bearer KEY'. /health stays open.",
     )
     api_keys_file: Path | None = Field(
-        default=None, description="File with one API key per line (added to api_keys)."
+        default=None,
+        description="File with one API key per line, # for comments (added to api_keys).",
     )
     protect_metrics: bool = Field(default=False, description="Require an API key on /metrics too.")
     rate_limit_requests_per_minute: int | None = Field(
-        default=None, ge=1, description="Requests per minute allowed per API key."
+        default=None,
+        ge=1,
+        description="Requests per minute allowed per API key (without keys: for all clients "
+        "together); beyond it a 429 with Retry-After.",
     )
     rate_limit_tokens_per_minute: int | None = Field(
-        default=None, ge=1, description="Prompt plus completion tokens per minute per API key."
+        default=None,
+        ge=1,
+        description="Prompt plus completion tokens per minute per API key, charged when a "
+        "request ends; a key over budget gets a 429 with Retry-After.",
     )
     max_queued_requests: int = Field(
         default=256,
         ge=1,
-        description="Requests admitted at once (running plus waiting); beyond it a 503.",
+        description="Chat requests admitted at once (running plus waiting); beyond it a 503 "
+        "with Retry-After.",
     )
     request_timeout_seconds: float = Field(
-        default=600.0, gt=0, description="Longest a request may run before a 504."
+        default=600.0,
+        gt=0,
+        description="Longest a request may run (images, queue and generation) before a 504; "
+        "its engine work is aborted.",
     )
     shutdown_grace_seconds: float = Field(
         default=30.0,
         ge=0,
-        description="On SIGTERM, how long requests in flight may take to finish before exit.",
+        description="On SIGTERM: /health and new requests get 503 at once, requests in flight "
+        "get this long to finish, then the process exits 0.",
     )
 
     # -- planning and the vLLM engine (unset: the planner decides) ---------------------------------

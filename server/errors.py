@@ -9,6 +9,7 @@ to the log only.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -48,7 +49,7 @@ class APIError(Exception):
         """Extra response headers (``Retry-After`` for 429 and 503)."""
         if self.retry_after is None:
             return {}
-        return {"Retry-After": str(max(1, round(self.retry_after)))}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
 
 class BadRequestError(APIError):
@@ -64,6 +65,10 @@ class AuthenticationError(APIError):
     status_code = 401
     error_type = "authentication_error"
     default_code = "invalid_api_key"
+
+    def headers(self) -> dict[str, str]:
+        """``WWW-Authenticate: Bearer``, the scheme the server expects (RFC 6750)."""
+        return {"WWW-Authenticate": "Bearer"}
 
 
 class NotFoundError(APIError):

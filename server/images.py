@@ -1,7 +1,10 @@
 """Turning an ``image_url`` into a decoded RGB image, with limits checked before the work.
 
 The encoded size is checked before decoding, the pixel count from the header before the pixels
-are read (so a decompression bomb is refused cheaply), and decoding runs off the event loop.
+are read (so a decompression bomb is refused cheaply), and decoding runs off the event loop. Only
+JPEG, PNG, WebP, GIF and BMP are opened: Pillow's other formats (EPS runs Ghostscript) are more
+attack surface than a vision model needs. ``http(s)`` and ``file`` URLs go through
+:mod:`server.media`.
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ import re
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from server.errors import BadRequestError
+from server.media import MediaFetcher
 
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w/+.-]*)(?P<params>(;[\w=.-]+)*?);base64,", re.I)
 
 
@@ -59,7 +65,7 @@ def _open_checked(data: bytes, param: str, limits: ImageLimits) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
             width, height = image.size
             if width * height > limits.max_pixels:
                 raise BadRequestError(
@@ -68,9 +74,9 @@ def _open_checked(data: bytes, param: str, limits: ImageLimits) -> Image.Image:
                     param=param,
                     code="image_too_large",
                 )
-            image.load()
+            image.load()  # a GIF or animated WebP stays on its first frame
             upright = ImageOps.exif_transpose(image) or image
-            return upright.convert("RGB")
+            return to_rgb(upright)
     except (
         UnidentifiedImageError,
         OSError,
@@ -84,17 +90,31 @@ def _open_checked(data: bytes, param: str, limits: ImageLimits) -> Image.Image:
         ) from None
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB: 16-bit samples scaled down, transparency flattened onto white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # Pillow's convert() clips 16-bit values at 255 instead of scaling them.
+        # Among the formats opened here only 16-bit PNG gives these modes.
+        samples = np.asarray(image, dtype=np.int64)
+        image = Image.fromarray((samples // 257).clip(0, 255).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 async def decode_image(data: bytes, param: str, limits: ImageLimits) -> Image.Image:
     """Decode image bytes to RGB in a worker thread (EXIF orientation applied)."""
     return await asyncio.to_thread(_open_checked, data, param, limits)
 
 
-async def load_image(url: str, param: str, limits: ImageLimits) -> Image.Image:
-    """Resolve an ``image_url`` to an RGB image; only ``data:`` URLs are accepted here."""
+async def load_image(url: str, param: str, limits: ImageLimits, media: MediaFetcher) -> Image.Image:
+    """Resolve an ``image_url`` (``data:``, ``http(s)://``, ``file://``) to an RGB image."""
     if url[:5].lower() == "data:":
-        return await decode_image(decode_data_url(url, param, limits), param, limits)
-    raise BadRequestError(
-        "Only data: image URLs are accepted by this server.",
-        param=param,
-        code="unsupported_image_url",
-    )
+        data = decode_data_url(url, param, limits)
+    else:
+        data = await media.fetch(url, param)
+    return await decode_image(data, param, limits)

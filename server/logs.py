@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import sys
 import time
 
@@ -12,9 +13,19 @@ import time
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
+def for_request(request_id: str) -> dict[str, str]:
+    """``extra=`` for a log call about ``request_id`` made outside its task (a worker thread).
+
+    Context variables do not cross into threads the server did not start with the request's
+    context, so the engine's worker thread names the request explicitly.
+    """
+    return {"request_id": request_id}
+
+
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id_var.get()
         return True
 
 
@@ -41,6 +52,10 @@ def configure_logging(level: str, json_logs: bool) -> None:
         if json_logs
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
     )
+    if json_logs:
+        # Progress bars write straight to stderr and would break one-object-per-line.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

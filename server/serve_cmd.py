@@ -127,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
     from server.engine.factory import build_engine, choose_engine
     from server.logs import configure_logging
     from server.model_source import ModelNotFoundError
+    from server.shutdown import DrainingServer
 
     settings = settings_from_args(args)
     configure_logging(settings.log_level, settings.json_logs)
@@ -139,14 +140,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"vlmserve: {exc}", file=sys.stderr)
         return 2
     app = create_app(settings, engine, model_id)
-    server = uvicorn.Server(
+    state = app.state.vlm
+    server = DrainingServer(
         uvicorn.Config(
             app,
             host=settings.host,
             port=settings.port,
             log_config=None,
-            timeout_graceful_shutdown=round(settings.shutdown_grace_seconds),
-        )
+            # The drain has already waited for requests in flight; this only bounds the close.
+            timeout_graceful_shutdown=2,
+        ),
+        state.admission,
+        settings.shutdown_grace_seconds,
     )
     failures: list[BaseException] = []
 
@@ -154,6 +159,6 @@ def run(args: argparse.Namespace) -> int:
         failures.append(exc)
         server.should_exit = True
 
-    app.state.vlm.on_fatal = fatal
+    state.on_fatal = fatal
     server.run()
     return 1 if failures else 0

@@ -8,15 +8,17 @@ the engine if it was still running (the client went away, or the task was cancel
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from server.config import Settings
 from server.engine.base import (
+    Detail,
     Engine,
     EngineOutput,
     EngineRequest,
@@ -24,8 +26,15 @@ from server.engine.base import (
     SamplingOptions,
     TokenLogprob,
 )
-from server.errors import APIError, BadRequestError, InternalError, NotFoundError
+from server.errors import (
+    APIError,
+    BadRequestError,
+    InternalError,
+    NotFoundError,
+    RequestTimeoutError,
+)
 from server.images import ImageLimits, load_image
+from server.media import MediaFetcher, MediaPolicy
 from server.metrics import Metrics
 from server.protocol import (
     AssistantMessage,
@@ -43,6 +52,49 @@ from server.protocol import (
 )
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: Called with the tokens (prompt plus completion) a request used, when it ends.
+UsageSink = Callable[[int], None]
+
+
+class ImageTokenRule(Protocol):
+    """What :func:`check_image_tokens` needs from a model family."""
+
+    def image_tokens(self, width: int, height: int, detail: Detail = "high") -> int:
+        """Prompt tokens one image takes."""
+        ...
+
+
+def check_image_tokens(
+    rule: ImageTokenRule, images: Sequence[ImageInput], params: Sequence[str], cap: int | None
+) -> int:
+    """The image tokens of ``images``; a 400 naming the image that goes over ``cap``."""
+    counts = [rule.image_tokens(i.image.width, i.image.height, i.detail) for i in images]
+    total = sum(counts)
+    if cap is not None and total > cap:
+        running = 0
+        for count, param in zip(counts, params, strict=True):
+            running += count
+            if running > cap:
+                raise BadRequestError(
+                    f"The images in this request take {total} image tokens, more than the "
+                    f"{cap}-token limit; send fewer or smaller images, or detail 'low'.",
+                    param=param,
+                    code="too_many_image_tokens",
+                )
+    return total
+
+
+@contextlib.asynccontextmanager
+async def deadline_scope(deadline: float) -> AsyncIterator[None]:
+    """Run the block until the event-loop time ``deadline``; then cancel it with a 504."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            yield
+    except TimeoutError:
+        logger.warning("request timed out; its work was cancelled")
+        raise RequestTimeoutError("The request took longer than this server allows.") from None
 
 
 @dataclass
@@ -73,6 +125,10 @@ class _Tally:
         n = request.sampling.n
         return cls([""] * n, [None] * n, [[] for _ in range(n)])
 
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
     def usage(self) -> Usage:
         return Usage(
             prompt_tokens=self.prompt_tokens,
@@ -90,6 +146,7 @@ class ChatHandler:
         self.model_id = model_id
         self.metrics = metrics
         self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+        self.media = MediaFetcher(MediaPolicy.from_settings(settings))
 
     async def build(self, body: ChatCompletionRequest, request_id: str) -> EngineRequest:
         """Validate a request and turn it into the engine's request (images decoded)."""
@@ -99,15 +156,19 @@ class ChatHandler:
                 param="model",
                 code="model_not_found",
             )
-        messages, images = await self._messages(body.messages)
+        messages, images, params = await self._messages(body.messages)
+        rule = getattr(self.engine, "family", None)
+        if rule is not None:
+            cap = self.settings.max_image_tokens_per_request
+            check_image_tokens(rule, images, params, cap)
         request = EngineRequest(request_id, messages, images, self._sampling(body))
         self.engine.check(request)
         return request
 
     async def _messages(
         self, messages: list[ChatMessage]
-    ) -> tuple[list[dict[str, Any]], list[ImageInput]]:
-        """HF-style messages with image parts, and the images decoded concurrently."""
+    ) -> tuple[list[dict[str, Any]], list[ImageInput], list[str]]:
+        """HF-style messages with image parts, the images decoded concurrently, their params."""
         out: list[dict[str, Any]] = []
         pending = []
         for i, message in enumerate(messages):
@@ -119,7 +180,7 @@ class ChatHandler:
                 elif isinstance(part, ImagePart):
                     param = f"messages[{i}].content[{j}].image_url"
                     detail = part.image_url.detail or self.settings.default_image_detail
-                    pending.append((load_image(part.image_url.url, param, self.limits), detail))
+                    pending.append((part.image_url.url, detail, param))
                     parts.append({"type": "image"})
                 else:
                     parts.append({"type": "text", "text": part.text})
@@ -132,9 +193,12 @@ class ChatHandler:
                 param="messages",
                 code="too_many_images",
             )
-        decoded = await asyncio.gather(*(coro for coro, _ in pending))
+        decoded = await _gather_or_cancel(
+            [load_image(url, param, self.limits, self.media) for url, _, param in pending]
+        )
         self.metrics.images.inc(len(decoded))
-        return out, [ImageInput(img, d) for img, (_, d) in zip(decoded, pending, strict=True)]
+        images = [ImageInput(img, d) for img, (_, d, _) in zip(decoded, pending, strict=True)]
+        return out, images, [param for _, _, param in pending]
 
     def _sampling(self, body: ChatCompletionRequest) -> SamplingOptions:
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
@@ -156,11 +220,20 @@ class ChatHandler:
             response_format=body.response_format.model_dump() if body.response_format else None,
         )
 
-    async def complete(self, request: EngineRequest) -> ChatCompletion:
-        """Run a request to the end and answer it whole."""
+    async def complete(
+        self, request: EngineRequest, deadline: float, on_usage: UsageSink | None = None
+    ) -> ChatCompletion:
+        """Run a request to the end (or a 504 at ``deadline``) and answer it whole."""
         tally = _Tally.for_request(request)
-        async for output in self.engine.generate(request):
-            tally.add(output)
+        outputs = self.engine.generate(request)
+        try:
+            async with deadline_scope(deadline):
+                async for output in outputs:
+                    tally.add(output)
+        finally:
+            await outputs.aclose()
+            if on_usage is not None:
+                on_usage(tally.total_tokens)
         self._record(tally)
         wants_logprobs = request.sampling.logprobs
         choices = [
@@ -180,18 +253,26 @@ class ChatHandler:
             usage=tally.usage(),
         )
 
-    async def open_stream(self, request: EngineRequest, include_usage: bool) -> AsyncIterator[str]:
+    async def open_stream(
+        self,
+        request: EngineRequest,
+        include_usage: bool,
+        deadline: float,
+        on_usage: UsageSink | None = None,
+    ) -> AsyncIterator[str]:
         """Start a request and wait for its first output, so early errors are plain HTTP errors.
 
-        Returns the server-sent events; closing them aborts the request.
+        Returns the server-sent events; closing them aborts the request. Past ``deadline`` the
+        stream ends with a timeout error event.
         """
         outputs = self.engine.generate(request)
         try:
-            first = await anext(outputs)
+            async with deadline_scope(deadline):
+                first = await anext(outputs)
         except BaseException:
             await outputs.aclose()
             raise
-        return self._events(request, first, outputs, include_usage)
+        return self._events(request, first, outputs, include_usage, deadline, on_usage)
 
     async def _events(
         self,
@@ -199,6 +280,8 @@ class ChatHandler:
         first: EngineOutput,
         outputs: AsyncGenerator[EngineOutput, None],
         include_usage: bool,
+        deadline: float,
+        on_usage: UsageSink | None,
     ) -> AsyncIterator[str]:
         tally = _Tally.for_request(request)
         chunk = _ChunkWriter(completion_id(), now(), self.model_id)
@@ -227,17 +310,20 @@ class ChatHandler:
                             for d in deltas
                         ]
                     )
-                output = await anext(outputs, None)
+                async with deadline_scope(deadline):
+                    output = await anext(outputs, None)
             self._record(tally)
             if include_usage:
                 yield chunk.usage(tally.usage())
         except APIError as exc:
             yield _sse(exc.body())
         except Exception:
-            logger.exception("stream failed for %s", request.request_id)
+            logger.exception("stream failed")
             yield _sse(InternalError("The server had an error while streaming.").body())
         finally:
             await outputs.aclose()
+            if on_usage is not None:
+                on_usage(tally.total_tokens)
         yield "data: [DONE]\n\n"
 
     def _record(self, tally: _Tally) -> None:
@@ -269,6 +355,16 @@ class _ChunkWriter:
                 id=self.id, created=self.created, model=self.model, choices=[], usage=usage
             ).model_dump()
         )
+
+
+async def _gather_or_cancel(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run ``coros`` together; when one fails, cancel the others (a slow fetch among them)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def logprob_entries(entries: list[TokenLogprob] | None) -> list[dict[str, Any]]:

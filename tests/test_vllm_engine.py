@@ -163,7 +163,7 @@ def test_low_detail_cuts_prompt_tokens(family: str, vllm_mod: Any, vllm_setup: A
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_two_images_in_order(family: str, vllm_mod: Any, vllm_setup: Any) -> None:
-    from server.engine.images import count_image_tokens
+    from server.serving import check_image_tokens
 
     _, renderer = vllm_setup(family)
     fam = get_family(family)
@@ -171,7 +171,7 @@ def test_two_images_in_order(family: str, vllm_mod: Any, vllm_setup: Any) -> Non
     engine_input = asyncio.run(vllm_mod.render_request(renderer, fam, chat(images)))
     lengths = placeholder_lengths(engine_input)
     assert lengths == [fam.image_tokens(*LARGE), fam.image_tokens(500, 900)]
-    assert sum(lengths) == count_image_tokens(fam, images)
+    assert sum(lengths) == check_image_tokens(fam, images, ["a", "b"], None)
 
 
 def processor_refuses_placeholder_text(path: Path) -> bool:

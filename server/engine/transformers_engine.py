@@ -32,6 +32,7 @@ from server.engine.base import (
 from server.engine.sampling import adjust_logits, new_generator, sample
 from server.engine.text import TextStream
 from server.errors import BadRequestError, OverloadedError
+from server.logs import for_request
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +221,8 @@ class TransformersEngine(Engine):
                     owner.send(OverloadedError("The server is shutting down."))
                 return None
             if self._aborted:
+                for request_id in self._aborted:
+                    logger.debug("dropped by abort", extra=for_request(request_id))
                 self._pending = collections.deque(
                     p for p in self._pending if p.request.request_id not in self._aborted
                 )
@@ -238,10 +241,12 @@ class TransformersEngine(Engine):
             return admitted
 
     def _prefill(self, item: _Request) -> None:
+        request_id = item.request.request_id
+        logger.debug("prefill: %d prompt tokens", item.prompt_tokens, extra=for_request(request_id))
         try:
             out = self.model(**item.inputs, use_cache=True)
         except Exception as exc:  # a bad input must fail its own request, not the worker
-            logger.exception("prefill failed for %s", item.request.request_id)
+            logger.exception("prefill failed", extra=for_request(request_id))
             item.send(exc)
             return
         kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
@@ -307,6 +312,9 @@ class TransformersEngine(Engine):
         with self._lock:
             self._running = [s for s in self._running if not self._done(s)]
         for owner, output in outputs:
+            # Every running sequence is in this step, so all done here means the request is.
+            if all(self._done(s) for s in by_owner[id(owner)]):
+                logger.debug("finished", extra=for_request(owner.request.request_id))
             owner.send(output)
 
     def _advance(self, group: list[_Sequence], prompt_tokens: int) -> EngineOutput:

@@ -1,0 +1,118 @@
+"""A corpus of bad requests for the reliability run: each must get a 4xx in OpenAI's shape.
+
+The URLs that point at private or link-local addresses are literals the server refuses before it
+connects (the reliability server runs with the default media settings).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from typing import Any
+
+from PIL import Image
+
+Case = tuple[str, str, str, dict[str, str], bytes | None]
+JSON = {"content-type": "application/json"}
+CHAT = "/v1/chat/completions"
+
+
+def _data_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt)
+    return buf.getvalue()
+
+
+def _image_urls() -> dict[str, str]:
+    """Image URLs that must each be refused, by name."""
+    png = _encoded(Image.new("RGB", (32, 32), "red"), "PNG")
+    bomb = _encoded(Image.new("1", (20_000, 20_000)), "PNG")  # small file, 400 M pixels
+    return {
+        "bad base64": "data:image/png;base64,@@@@",
+        "not an image": _data_url(b"hello world, not an image"),
+        "truncated png": _data_url(png[: len(png) // 2]),
+        "decompression bomb": _data_url(bomb),
+        "tiff (not accepted)": _data_url(_encoded(Image.new("RGB", (8, 8)), "TIFF")),
+        "svg": _data_url(b"<svg xmlns='http://www.w3.org/2000/svg'/>", "image/svg+xml"),
+        "data url without base64": "data:image/png,rawbytes",
+        "cloud metadata": "http://169.254.169.254/latest/meta-data/",
+        "private address": "http://10.0.0.1/cat.png",
+        "loopback": "http://127.0.0.1:1/cat.png",
+        "ipv4-mapped loopback": "http://[::ffff:127.0.0.1]:1/cat.png",
+        "unspecified": "http://0.0.0.0:1/cat.png",
+        "file url": "file:///etc/passwd",
+        "ftp url": "ftp://127.0.0.1/cat.png",
+        "gopher url": "gopher://127.0.0.1:1/_",
+        "malformed url": "http://[::1",
+        "port out of range": "http://127.0.0.1:99999/cat.png",
+        "no scheme": "cat.png",
+        "empty url": "",
+    }
+
+
+def _chat(model: str, **fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "Hi"}]}
+    body.update(fields)
+    return body
+
+
+def _bodies(model: str) -> dict[str, Any]:
+    """Request bodies that must each be refused, by name."""
+    part = {"type": "text", "text": "x"}
+    nine = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}] * 9
+    return {
+        "empty object": {},
+        "json array": [],
+        "no messages": {"model": model},
+        "empty messages": _chat(model, messages=[]),
+        "unknown role": _chat(model, messages=[{"role": "robot", "content": "hi"}]),
+        "unknown part type": _chat(
+            model, messages=[{"role": "user", "content": [{"type": "audio", "data": "x"}]}]
+        ),
+        "image part without url": _chat(
+            model, messages=[{"role": "user", "content": [{"type": "image_url"}]}]
+        ),
+        "too many images": _chat(model, messages=[{"role": "user", "content": [part, *nine]}]),
+        "unknown model": _chat("gpt-4o"),
+        "model is a number": _chat(12),
+        "max_tokens zero": _chat(model, max_tokens=0),
+        "max_tokens a string": _chat(model, max_tokens="ten"),
+        "max_tokens over the context": _chat(model, max_tokens=10**9),
+        "temperature 5": _chat(model, temperature=5),
+        "top_p 0": _chat(model, top_p=0),
+        "n 1000": _chat(model, n=1000),
+        "logprobs (transformers engine)": _chat(model, logprobs=True),
+        "json response_format (transformers engine)": _chat(
+            model, response_format={"type": "json_object"}
+        ),
+        "stop a number": _chat(model, stop=5),
+        "stream a string": _chat(model, stream="yes"),
+    }
+
+
+def corpus(model: str) -> list[Case]:
+    """(name, method, path, headers, body) for every bad request."""
+    cases: list[Case] = []
+    for name, url in _image_urls().items():
+        content = [{"type": "text", "text": "What is this?"}]
+        content.append({"type": "image_url", "image_url": {"url": url}})
+        body = _chat(model, messages=[{"role": "user", "content": content}])
+        cases.append((f"image: {name}", "POST", CHAT, JSON, json.dumps(body).encode()))
+    for name, payload in _bodies(model).items():
+        cases.append((f"body: {name}", "POST", CHAT, JSON, json.dumps(payload).encode()))
+    cases += [
+        ("invalid json", "POST", CHAT, JSON, b"{not json"),
+        ("empty body", "POST", CHAT, JSON, b""),
+        ("not utf-8", "POST", CHAT, JSON, b'{"model": "\xff\xfe"}'),
+        ("form body", "POST", CHAT, {"content-type": "text/plain"}, b"model=x"),
+        ("deep nesting", "POST", CHAT, JSON, b"[" * 5000 + b"]" * 5000),
+        ("GET on chat", "GET", CHAT, {}, None),
+        ("unknown route", "GET", "/v1/completions", {}, None),
+        ("unknown model route", "GET", "/v1/models/other", {}, None),
+    ]
+    return cases

@@ -15,6 +15,10 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("server.serve_cmd", "Start the OpenAI-compatible server."),
     "tiny-model": ("models.tiny_cmd", "Write a tiny random-weight checkpoint for a model family."),
+    "bench": (
+        "benchmarks.cli",
+        "Benchmark an OpenAI-compatible server with images: throughput, latency, cost per 1K images.",
+    ),
 }
 
 

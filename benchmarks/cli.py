@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import platform
 import shlex
@@ -28,6 +29,16 @@ def _positive_list(kind: type[int | float]) -> Any:
     return parse
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
 def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("servers")
     group.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="OpenAI base URL.")
@@ -36,6 +47,18 @@ def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--compare", metavar="URL", help="Second server's base URL (run as B).")
     group.add_argument("--compare-model", help="Model id on --compare; default: its first model.")
     group.add_argument("--compare-api-key", help="Bearer token for --compare.")
+    group.add_argument(
+        "--extra-body",
+        type=_json_object,
+        default={},
+        help="JSON merged into every request to A, e.g. '{\"temperature\": 0}'.",
+    )
+    group.add_argument(
+        "--compare-extra-body",
+        type=_json_object,
+        default={},
+        help="JSON merged into requests to B.",
+    )
 
 
 def _add_workload_arguments(parser: argparse.ArgumentParser) -> None:

@@ -31,10 +31,14 @@ def build_targets(args: argparse.Namespace) -> list[Target]:
     """Server A, and server B when ``--compare`` is given."""
     try:
         model = args.model or first_model(args.base_url, args.api_key)
-        targets = [Target("A", args.base_url, model, args.api_key)]
+        targets = [Target("A", args.base_url, model, args.api_key, args.extra_body)]
         if args.compare:
             compare_model = args.compare_model or first_model(args.compare, args.compare_api_key)
-            targets.append(Target("B", args.compare, compare_model, args.compare_api_key))
+            targets.append(
+                Target(
+                    "B", args.compare, compare_model, args.compare_api_key, args.compare_extra_body
+                )
+            )
     except httpx.HTTPError as exc:
         raise ValueError(f"could not list models: {exc}") from exc
     return targets

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 
@@ -22,9 +22,11 @@ from benchmarks.workload import Workload
 logger = logging.getLogger(__name__)
 
 LENGTH_NOT_ENFORCED = (
-    "output length not enforced: the server rejected min_tokens/ignore_eos with a 400, so "
+    "output length not enforced: the server rejected min_tokens/ignore_eos ({status}), so "
     "requests were sent without them and answers may stop before --output-tokens"
 )
+# FastAPI servers without a custom validation handler (transformers serve) answer 422, not 400.
+_REJECTED = ("http_400", "http_422")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Target:
     base_url: str
     model: str
     api_key: str | None = None
+    extra_body: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -109,15 +112,15 @@ class TargetSession:
 
     async def warm_up(self, count: int) -> None:
         """Send ``count`` uncounted requests (at least one, to probe the length extensions)."""
-        self.bodies = self.workload.encoded_bodies(self.target.model, enforce_length=True)
+        model, extra = self.target.model, self.target.extra_body
+        self.bodies = self.workload.encoded_bodies(model, enforce_length=True, extra=extra)
         first = await self.send(-1, time.perf_counter())
-        if first.error == "http_400":
-            logger.warning(
-                "%s: %s (%s)", self.target.name, LENGTH_NOT_ENFORCED, first.error_message
-            )
+        if first.error in _REJECTED:
+            note = LENGTH_NOT_ENFORCED.format(status=first.error.replace("_", " "))
+            logger.warning("%s: %s (%s)", self.target.name, note, first.error_message)
             self.enforce_length = False
-            self.notes.append(LENGTH_NOT_ENFORCED)
-            self.bodies = self.workload.encoded_bodies(self.target.model, enforce_length=False)
+            self.notes.append(note)
+            self.bodies = self.workload.encoded_bodies(model, enforce_length=False, extra=extra)
             first = await self.send(-1, time.perf_counter())
         if first.error is not None:
             raise RuntimeError(

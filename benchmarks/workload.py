@@ -129,8 +129,18 @@ class Workload:
             parts.append({"type": "image_url", "image_url": url})
         return parts
 
-    def body(self, model: str, index: int, enforce_length: bool) -> dict[str, Any]:
-        """The JSON body of request ``index``; ``enforce_length`` adds vLLM's length extensions."""
+    def body(
+        self,
+        model: str,
+        index: int,
+        enforce_length: bool,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The JSON body of request ``index``.
+
+        ``enforce_length`` adds vLLM's length extensions; ``extra`` is merged in last (server
+        specific fields such as transformers' ``generation_config``).
+        """
         content = [{"type": "text", "text": self.prompt}, *self.image_parts(index)]
         body: dict[str, Any] = {
             "model": model,
@@ -143,12 +153,17 @@ class Workload:
             # Not OpenAI fields: vLLM and vlmserve read them to make every answer exactly N tokens.
             body["min_tokens"] = self.output_tokens
             body["ignore_eos"] = True
+        body.update(extra or {})
         return body
 
-    def encoded_bodies(self, model: str, enforce_length: bool) -> list[bytes]:
+    def encoded_bodies(
+        self, model: str, enforce_length: bool, extra: dict[str, Any] | None = None
+    ) -> list[bytes]:
         """Serialised bodies, one per distinct image combination; request i uses ``[i % len]``."""
         distinct = max(len(self.images), 1)
-        return [json.dumps(self.body(model, i, enforce_length)).encode() for i in range(distinct)]
+        return [
+            json.dumps(self.body(model, i, enforce_length, extra)).encode() for i in range(distinct)
+        ]
 
     def describe(self) -> dict[str, Any]:
         """The workload as run metadata (no image data)."""

@@ -49,7 +49,10 @@ class _StreamState:
             record.error = "stream_error"
             record.error_message = str(error.get("message", error))[:_ERROR_BODY_CHARS]
             return
-        for choice in data.get("choices") or []:
+        choices = data.get("choices") or []
+        if choices and record.first_chunk is None:
+            record.first_chunk = now - self.started
+        for choice in choices:
             delta = choice.get("delta") or {}
             text = delta.get("content") or delta.get("reasoning_content") or ""
             if text:

@@ -11,7 +11,9 @@ class RequestRecord:
     """What one streamed chat completion request did, with client-side timings in seconds.
 
     ``start`` is relative to the start of its level. ``ttft`` runs from sending the request to the
-    first chunk that carries generated text; ``itl`` holds the gaps between later text chunks;
+    first chunk that carries generated text, ``first_chunk`` to the first chunk with any choice
+    (a role-only chunk counts: what ``vllm bench serve`` calls TTFT); ``itl`` holds the gaps
+    between later text chunks;
     ``e2el`` runs to the end of the stream. ``error`` is a short type (``http_400``, ``timeout``,
     ``stream_error``...) or ``None`` for a request that completed.
     """
@@ -21,6 +23,7 @@ class RequestRecord:
     images: int
     start: float = 0.0
     ttft: float | None = None
+    first_chunk: float | None = None
     e2el: float | None = None
     itl: list[float] = field(default_factory=list)
     output_tokens: int = 0

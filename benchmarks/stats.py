@@ -94,6 +94,7 @@ class LevelSummary:
     tpot: Distribution
     itl: Distribution
     e2el: Distribution
+    first_chunk: Distribution
     tokens_from_usage: bool
     output_tokens_min: int | None
     output_tokens_max: int | None
@@ -147,6 +148,7 @@ def summarize(
         tpot=Distribution.of(t for r in ok if (t := tpot_of(r)) is not None),
         itl=Distribution.of(gap for r in ok for gap in r.itl),
         e2el=Distribution.of(r.e2el for r in ok if r.e2el is not None),
+        first_chunk=Distribution.of(r.first_chunk for r in ok if r.first_chunk is not None),
         tokens_from_usage=all(r.tokens_from_usage for r in ok),
         output_tokens_min=min(token_counts) if token_counts else None,
         output_tokens_max=max(token_counts) if token_counts else None,

@@ -164,6 +164,7 @@ def test_stream_state_times_text_chunks_and_reads_usage() -> None:
     state.on_event({"choices": [{"delta": {"content": "lo"}, "finish_reason": "length"}]}, 10.5)
     state.on_event({"choices": [], "usage": {"prompt_tokens": 600, "completion_tokens": 3}}, 10.6)
     assert record.ttft == pytest.approx(0.25)  # the role-only chunk carries no text
+    assert record.first_chunk == pytest.approx(0.05)
     assert record.itl == [pytest.approx(0.25)]
     assert (record.output_tokens, record.prompt_tokens, record.tokens_from_usage) == (3, 600, True)
     assert record.finish_reason == "length"

@@ -31,7 +31,9 @@ class Settings(BaseSettings):
         default=None,
         description="Model id clients send and /v1/models lists; defaults to the folder's name.",
     )
-    host: str = Field(default="127.0.0.1", description="Address to bind; 0.0.0.0 for all interfaces.")
+    host: str = Field(
+        default="127.0.0.1", description="Address to bind; 0.0.0.0 for all interfaces."
+    )
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port to listen on.")
     engine: EngineName = Field(
         default="auto",
@@ -87,14 +89,16 @@ class Settings(BaseSettings):
     )
     allowed_media_domains: str | None = Field(
         default=None,
-        description="Comma-separated domains image URLs may come from; empty allows any public host.",
+        description="Comma-separated domains image URLs may come from; unset allows any public "
+        "host.",
     )
     allow_private_media_urls: bool = Field(
         default=False,
         description="Allow image URLs that resolve to loopback, private or link-local addresses.",
     )
     allowed_local_media_path: Path | None = Field(
-        default=None, description="Folder under which file:// image URLs are allowed; unset refuses them."
+        default=None,
+        description="Folder under which file:// image URLs are allowed; unset refuses them.",
     )
 
     # -- access and overload ----------------------------------------------------------------------
@@ -104,9 +108,7 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(
         default=None, description="File with one API key per line (added to api_keys)."
     )
-    protect_metrics: bool = Field(
-        default=False, description="Require an API key on /metrics too."
-    )
+    protect_metrics: bool = Field(default=False, description="Require an API key on /metrics too.")
     rate_limit_requests_per_minute: int | None = Field(
         default=None, ge=1, description="Requests per minute allowed per API key."
     )
@@ -130,7 +132,8 @@ class Settings(BaseSettings):
     # -- planning and the vLLM engine (unset: the planner decides) ---------------------------------
     gpu: str | None = Field(
         default=None,
-        description="GPU to plan for, like A10G, 2xA10G or A100-40GB; unset uses the GPUs detected.",
+        description="GPU to plan for, like A10G, 2xA10G or A100-40GB; unset uses the GPUs "
+        "detected.",
     )
     expected_output_tokens: int = Field(
         default=256, ge=1, description="Typical output length the planner sizes the KV cache for."
@@ -138,9 +141,12 @@ class Settings(BaseSettings):
     target_concurrency: int | None = Field(
         default=None, ge=1, description="Requests the planner should hold in flight at once."
     )
-    dtype: str | None = Field(default=None, description="Override the planned dtype (bfloat16, float16).")
+    dtype: str | None = Field(
+        default=None, description="Override the planned dtype (bfloat16, float16)."
+    )
     quantization: str | None = Field(
-        default=None, description="Override the planned quantization (fp8, bitsandbytes, awq, gptq)."
+        default=None,
+        description="Override the planned quantization (fp8, bitsandbytes, awq, gptq).",
     )
     tensor_parallel_size: int | None = Field(
         default=None, ge=1, description="Override the planned tensor-parallel size."
@@ -149,7 +155,9 @@ class Settings(BaseSettings):
         default=None, ge=1, description="Override the planned context length in tokens."
     )
     max_num_seqs: int | None = Field(
-        default=None, ge=1, description="Override the planned number of sequences vLLM runs at once."
+        default=None,
+        ge=1,
+        description="Override the planned number of sequences vLLM runs at once.",
     )
     gpu_memory_utilization: float | None = Field(
         default=None, gt=0, le=1, description="Override the share of GPU memory vLLM may use."

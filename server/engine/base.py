@@ -106,6 +106,14 @@ class Engine(abc.ABC):
     async def shutdown(self) -> None:
         """Stop background work and release the model."""
 
+    def check(self, request: EngineRequest) -> None:
+        """Raise :class:`server.errors.BadRequestError` for what this engine cannot do.
+
+        Called by the HTTP layer before :meth:`generate`, so a request the engine would reject
+        gets a clear 400 and never reaches the engine. The default accepts everything.
+        """
+        return None
+
     @abc.abstractmethod
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         """Stream a request's outputs; closing the iterator early aborts the request."""

@@ -1,0 +1,73 @@
+"""What every model family knows: prompt format, image-token rule, per-request knobs, tiny builder.
+
+Handlers and engines never branch on a family's name; they ask its :class:`ModelFamily` object.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from PIL import Image
+
+Detail = Literal["low", "high", "auto"]
+
+
+class ModelFamily(abc.ABC):
+    """One line of vision-language models that share a prompt format and image handling."""
+
+    #: Short name used by ``vlmserve tiny-model`` and the catalogue ("llava", "internvl").
+    name: ClassVar[str]
+    #: Hugging Face ``architectures`` values of checkpoints this family serves.
+    architectures: ClassVar[tuple[str, ...]]
+    #: The text that stands for one image in a rendered prompt, before the processor expands it.
+    image_placeholder: ClassVar[str]
+    #: Jinja chat template for checkpoints that bring none (the tiny ones included).
+    chat_template: ClassVar[str]
+
+    @abc.abstractmethod
+    def image_tokens(self, width: int, height: int, detail: Detail = "high") -> int:
+        """Prompt tokens one ``width`` x ``height`` image takes at ``detail``."""
+
+    @abc.abstractmethod
+    def max_image_tokens(self) -> int:
+        """The most prompt tokens any one image can take at high detail."""
+
+    def prepare_image(self, image: Image.Image, detail: Detail) -> Image.Image:
+        """Resize an image for ``detail`` when the family's knob is the input size itself."""
+        return image
+
+    def processor_kwargs(self, detail: Detail) -> dict[str, Any]:
+        """Per-request keyword arguments for the image processor (tiles, crops) at ``detail``."""
+        return {}
+
+    def load(self, path: str | Path, device: str) -> tuple[Any, Any]:
+        """Load ``(model, processor)`` from a local checkpoint for the transformers engine.
+
+        The model must answer two calls: a prefill ``model(**processor_outputs, use_cache=True)``
+        and a decode step ``model(input_ids=, attention_mask=, position_ids=, past_key_values=,
+        use_cache=True)``, each returning ``.logits`` and ``.past_key_values``.
+        """
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(path)
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype="auto").to(device).eval()
+        if processor.chat_template is None:
+            processor.chat_template = self.chat_template
+        return model, processor
+
+    @abc.abstractmethod
+    def build_tiny(self, out_dir: Path) -> Path:
+        """Write a tiny random-weight checkpoint with this family's real image geometry."""
+
+
+def content_template(image_text: str) -> str:
+    """Jinja that renders one message's content: a string, or text and image parts in order."""
+    return (
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for part in message['content'] %}"
+        "{% if part['type'] == 'image' %}{{ " + json.dumps(image_text) + " }}"
+        "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    )

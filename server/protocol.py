@@ -1,0 +1,193 @@
+"""OpenAI chat-completions protocol models: what clients send and what vlmserve answers.
+
+Only the fields vlmserve acts on are declared; unknown fields are ignored (as OpenAI-compatible
+servers do) so newer SDKs keep working. Integer fields are strict: ``"max_tokens": "10"`` is a 400,
+not a silent coercion.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+Detail = Literal["low", "high", "auto"]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(_Request):
+    """A text part of a message's content."""
+
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ImageURL(_Request):
+    """An image given as a ``data:`` URL (or, where allowed, an http(s) or file URL)."""
+
+    url: StrictStr
+    detail: Detail | None = None
+
+
+class ImagePart(_Request):
+    """An image part of a message's content."""
+
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class ChatMessage(_Request):
+    """One message of the conversation."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: StrictStr | list[ContentPart] | None = None
+    name: StrictStr | None = None
+
+
+class StreamOptions(_Request):
+    """Streaming options: ``include_usage`` adds a final chunk with token counts."""
+
+    include_usage: StrictBool = False
+
+
+class ResponseFormat(_Request):
+    """Structured output: plain text, any JSON object, or JSON matching a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+class ChatCompletionRequest(_Request):
+    """``POST /v1/chat/completions``."""
+
+    model: StrictStr
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    n: StrictInt = Field(default=1, ge=1, le=16)
+    stop: StrictStr | list[StrictStr] | None = None
+    seed: StrictInt | None = None
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    logprobs: StrictBool = False
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
+    user: StrictStr | None = None
+    # Extensions for benchmarks, as in vLLM: exact output lengths.
+    min_tokens: StrictInt = Field(default=0, ge=0)
+    ignore_eos: StrictBool = False
+
+
+class Usage(BaseModel):
+    """Token counts; ``prompt_tokens`` includes every image token."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    """The generated message of one choice."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    """One complete choice."""
+
+    index: int
+    message: AssistantMessage
+    finish_reason: str | None
+    logprobs: Any = None
+
+
+class ChatCompletion(BaseModel):
+    """A non-streaming answer."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+
+
+class DeltaMessage(BaseModel):
+    """New content of one choice in a stream."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    """One choice's delta in a streamed chunk."""
+
+    index: int
+    delta: DeltaMessage
+    finish_reason: str | None = None
+    logprobs: Any = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed answer."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    """One entry of ``GET /v1/models``."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "vlmserve"
+
+
+class ModelList(BaseModel):
+    """``GET /v1/models``."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    """The body of every error."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """``{"error": {...}}`` as OpenAI's API returns it."""
+
+    error: ErrorDetail
+
+
+def completion_id() -> str:
+    """A fresh ``chatcmpl-`` id."""
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    """Unix seconds, for ``created``."""
+    return int(time.time())

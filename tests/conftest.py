@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny checkpoints for every family and a real server per family."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ServerProcess, start_server, tiny_checkpoint
+
+FAMILIES = ("llava", "llava-next", "internvl")
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where tiny checkpoints live: a persistent cache if given, else a session folder."""
+    cached = os.environ.get("VLMSERVE_TEST_CACHE")
+    return Path(cached) if cached else tmp_path_factory.mktemp("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_root: Path):  # type: ignore[no-untyped-def]
+    """``tiny_model(family)`` -> the path of that family's tiny checkpoint."""
+    return lambda family: tiny_checkpoint(family, tiny_root)
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def family_server(
+    request: pytest.FixtureRequest, tiny_model, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, ServerProcess]]:
+    """A real server per tiny family: (family name, server)."""
+    family = request.param
+    logs = tmp_path_factory.mktemp("logs")
+    server = start_server(["--model", str(tiny_model(family))], logs / f"{family}.log")
+    yield family, server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """``vlmserve serve`` with no model: the built-in demo, built into a fresh cache."""
+    cache = tmp_path_factory.mktemp("cache")
+    server = start_server([], cache / "demo.log", env={"VLMSERVE_CACHE_DIR": str(cache)})
+    yield server
+    server.stop()

@@ -1,0 +1,122 @@
+"""Test helpers: tiny checkpoints built once, and the real server run as a subprocess."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+#: Tiny checkpoints are rebuilt when this changes (bump with the builders).
+TINY_VERSION = 1
+
+
+def tiny_checkpoint(family: str, root: Path) -> Path:
+    """The tiny checkpoint of ``family`` under ``root``, built on first use."""
+    from models.families import get_family
+
+    path = root / f"{family}-v{TINY_VERSION}"
+    if not (path / "config.json").exists():
+        get_family(family).build_tiny(path)
+    return path
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def image_data_url(width: int, height: int, fmt: str = "PNG", color: str = "teal") -> str:
+    """A solid-color image of the given size as a base64 ``data:`` URL."""
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buf, fmt)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+@dataclass
+class ServerProcess:
+    """A ``vlmserve serve`` subprocess on a loopback port."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    model: str
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def metric(self, name: str) -> float:
+        """The value of an unlabelled metric on ``/metrics``."""
+        for line in httpx.get(f"{self.url}/metrics").text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise KeyError(name)
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, then wait for the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+def start_server(
+    args: list[str], log_path: Path, env: dict[str, str] | None = None, timeout: float = 180
+) -> ServerProcess:
+    """Start ``vlmserve serve ARGS`` and wait until ``/health`` says the model is ready."""
+    port = free_port()
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *args,
+        ],
+        cwd=REPO,
+        env=full_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+            if health.status_code == 200:
+                return ServerProcess(process, port, health.json()["model"], log_path)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    process.kill()
+    raise TimeoutError(f"server not ready in {timeout}s:\n{log_path.read_text()}")

@@ -1,0 +1,351 @@
+"""The OpenAI API end to end: the real server, the real openai SDK, tiny checkpoints per family."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import openai
+import pytest
+
+from models.families import get_family
+from tests.helpers import ServerProcess, image_data_url
+
+PROMPT = "What is in this image?"
+
+
+def client(server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+
+
+def user_message(*images: str, text: str = PROMPT) -> list[dict]:
+    parts: list[dict] = [{"type": "text", "text": text}]
+    parts += [{"type": "image_url", "image_url": {"url": url}} for url in images]
+    return [{"role": "user", "content": parts}]
+
+
+def test_non_streaming_with_image(family_server: tuple[str, ServerProcess]) -> None:
+    _, server = family_server
+    reply = client(server).chat.completions.create(
+        model=server.model,
+        messages=user_message(image_data_url(640, 480)),
+        max_tokens=12,
+        extra_body={"ignore_eos": True},
+    )
+    assert reply.object == "chat.completion"
+    assert len(reply.choices) == 1
+    assert reply.choices[0].message.role == "assistant"
+    assert reply.choices[0].message.content
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage.completion_tokens == 12
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + 12
+
+
+def test_streaming_with_image(family_server: tuple[str, ServerProcess]) -> None:
+    _, server = family_server
+    stream = client(server).chat.completions.create(
+        model=server.model,
+        messages=user_message(image_data_url(500, 300, "JPEG")),
+        max_tokens=10,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
+    chunks = list(stream)
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    reasons = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert content
+    assert reasons == ["length"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 10
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_usage_counts_image_tokens(family_server: tuple[str, ServerProcess]) -> None:
+    """prompt_tokens grows by exactly the family's image-token rule for each image.
+
+    The templates put a newline after each image placeholder: one more token per image.
+    """
+    family, server = family_server
+    rule = get_family(family)
+    api = client(server)
+
+    def prompt_tokens(*images: str) -> int:
+        reply = api.chat.completions.create(
+            model=server.model, messages=user_message(*images), max_tokens=1
+        )
+        return reply.usage.prompt_tokens
+
+    text_only = prompt_tokens()
+    one = prompt_tokens(image_data_url(1024, 768))
+    two = prompt_tokens(image_data_url(1024, 768), image_data_url(300, 900))
+    assert one - text_only == rule.image_tokens(1024, 768) + 1
+    assert two - one == rule.image_tokens(300, 900) + 1
+
+
+def test_two_images_in_one_message(family_server: tuple[str, ServerProcess]) -> None:
+    _, server = family_server
+    reply = client(server).chat.completions.create(
+        model=server.model,
+        max_tokens=4,
+        messages=user_message(image_data_url(336, 336), image_data_url(448, 448, "JPEG")),
+    )
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage.prompt_tokens > 2 * 256
+
+
+def test_demo_server_answers_sdk_with_image(demo_server: ServerProcess) -> None:
+    """`vlmserve serve` with no flags serves the demo model and says its answers are random."""
+    reply = client(demo_server).chat.completions.create(
+        model=demo_server.model, messages=user_message(image_data_url(800, 600)), max_tokens=8
+    )
+    assert reply.choices[0].message.content is not None
+    assert reply.usage.prompt_tokens > 576
+    assert "random" in demo_server.log()
+    models = client(demo_server).models.list()
+    assert [m.id for m in models.data] == [demo_server.model]
+
+
+# -- sampling knobs ------------------------------------------------------------------------------
+
+
+def test_seed_makes_output_reproducible(demo_server: ServerProcess) -> None:
+    api = client(demo_server)
+
+    def answer(seed: int) -> str:
+        return (
+            api.chat.completions.create(
+                model=demo_server.model,
+                messages=user_message(),
+                max_tokens=16,
+                seed=seed,
+                temperature=1.0,
+                extra_body={"ignore_eos": True},
+            )
+            .choices[0]
+            .message.content
+        )
+
+    assert answer(7) == answer(7)
+    assert answer(7) != answer(8)
+
+
+def test_n_choices_and_greedy(demo_server: ServerProcess) -> None:
+    api = client(demo_server)
+    reply = api.chat.completions.create(
+        model=demo_server.model,
+        messages=user_message(),
+        max_tokens=6,
+        n=3,
+        seed=1,
+        extra_body={"ignore_eos": True},
+    )
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    assert reply.usage.completion_tokens == 18
+    greedy = [
+        api.chat.completions.create(
+            model=demo_server.model, messages=user_message(), max_tokens=8, temperature=0
+        )
+        .choices[0]
+        .message.content
+        for _ in range(2)
+    ]
+    assert greedy[0] == greedy[1]
+
+
+def test_stop_string_ends_the_choice(demo_server: ServerProcess) -> None:
+    api = client(demo_server)
+    full = (
+        api.chat.completions.create(
+            model=demo_server.model,
+            messages=user_message(),
+            max_tokens=40,
+            temperature=0,
+            extra_body={"ignore_eos": True},
+        )
+        .choices[0]
+        .message.content
+    )
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    cut = api.chat.completions.create(
+        model=demo_server.model,
+        messages=user_message(),
+        max_tokens=40,
+        temperature=0,
+        stop=[stop],
+        extra_body={"ignore_eos": True},
+    ).choices[0]
+    assert cut.finish_reason == "stop"
+    assert cut.message.content == full[: full.index(stop)]
+
+
+# -- errors ----------------------------------------------------------------------------------------
+
+
+def assert_openai_error(exc: openai.APIStatusError, status: int, param: str | None) -> None:
+    assert exc.status_code == status
+    error = exc.response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    assert error["param"] == param
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        (
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": "data:image/png;base64,@@not-b64@@"},
+                        }
+                    ],
+                }
+            ],
+            "messages[0].content[0].image_url",
+        ),
+        (
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "hi"},
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": "data:image/png;base64,aGVsbG8gd29ybGQ="},
+                        },
+                    ],
+                }
+            ],
+            "messages[0].content[1].image_url",
+        ),
+        ([], "messages"),
+    ],
+    ids=["bad-base64", "not-an-image", "empty-messages"],
+)
+def test_bad_input_is_a_400(demo_server: ServerProcess, messages: list, param: str) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        client(demo_server).chat.completions.create(model=demo_server.model, messages=messages)
+    assert_openai_error(err.value, 400, param)
+
+
+def test_unknown_model_is_a_404(demo_server: ServerProcess) -> None:
+    with pytest.raises(openai.NotFoundError) as err:
+        client(demo_server).chat.completions.create(model="gpt-4o", messages=user_message())
+    assert_openai_error(err.value, 404, "model")
+
+
+def test_wrong_type_for_max_tokens_is_a_400(demo_server: ServerProcess) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        client(demo_server).chat.completions.create(
+            model=demo_server.model,
+            messages=user_message(),
+            max_tokens="ten",  # type: ignore[arg-type]
+        )
+    assert_openai_error(err.value, 400, "max_tokens")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("GET", "/no/such/route", None, 404),
+        ("POST", "/v1/chat/completions", b"{not json", 400),
+        ("GET", "/v1/chat/completions", None, 405),
+    ],
+)
+def test_every_error_has_openai_shape(
+    demo_server: ServerProcess, method: str, path: str, body: bytes | None, status: int
+) -> None:
+    response = httpx.request(
+        method, demo_server.url + path, content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == status
+    assert set(response.json()) == {"error"}
+    assert "detail" not in response.text
+
+
+def test_context_overflow_is_a_400(demo_server: ServerProcess) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        client(demo_server).chat.completions.create(
+            model=demo_server.model, messages=user_message(), max_tokens=100_000
+        )
+    assert_openai_error(err.value, 400, "messages")
+    assert err.value.code == "context_length_exceeded"
+
+
+# -- concurrency and cancellation ---------------------------------------------------------------
+
+
+def test_eight_concurrent_streams_all_complete(demo_server: ServerProcess) -> None:
+    async def one(api: openai.AsyncOpenAI, i: int) -> tuple[str, str | None]:
+        stream = await api.chat.completions.create(
+            model=demo_server.model,
+            messages=user_message(image_data_url(320 + i, 240)),
+            max_tokens=24,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        text, reason = "", None
+        async for chunk in stream:
+            text += chunk.choices[0].delta.content or ""
+            reason = chunk.choices[0].finish_reason or reason
+        return text, reason
+
+    async def main() -> list[tuple[str, str | None]]:
+        api = openai.AsyncOpenAI(base_url=demo_server.base_url, api_key="x", max_retries=0)
+        return await asyncio.gather(*(one(api, i) for i in range(8)))
+
+    results = asyncio.run(main())
+    assert [reason for _, reason in results] == ["length"] * 8
+    assert all(text for text, _ in results)
+
+
+def wait_for_idle(server: ServerProcess, timeout: float = 15) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = server.metric("vlmserve_requests_running")
+        if running == 0:
+            return running
+        time.sleep(0.1)
+    return server.metric("vlmserve_requests_running")
+
+
+def long_request(server: ServerProcess, stream: bool) -> dict:
+    return {
+        "model": server.model,
+        "messages": user_message(image_data_url(336, 336)),
+        "max_tokens": 6000,
+        "stream": stream,
+        "ignore_eos": True,
+    }
+
+
+def test_disconnect_mid_stream_aborts_the_engine_request(demo_server: ServerProcess) -> None:
+    with httpx.stream(
+        "POST",
+        demo_server.base_url + "/chat/completions",
+        json=long_request(demo_server, stream=True),
+        timeout=30,
+    ) as response:
+        lines = response.iter_lines()
+        for _ in range(5):
+            next(lines)
+        assert demo_server.metric("vlmserve_requests_running") == 1
+    assert wait_for_idle(demo_server) == 0
+
+
+def test_disconnect_while_waiting_aborts_non_streaming(demo_server: ServerProcess) -> None:
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            demo_server.base_url + "/chat/completions",
+            json=long_request(demo_server, stream=False),
+            timeout=2,
+        )
+    assert wait_for_idle(demo_server) == 0
+    assert "client disconnected" in demo_server.log()

@@ -1,0 +1,32 @@
+"""The README and --help are derived from the settings: check they have not drifted."""
+
+from __future__ import annotations
+
+from server.cli import build_parser
+from server.config import Settings
+from server.settings_doc import settings_table
+from tests.helpers import REPO
+
+
+def test_readme_settings_table_is_current() -> None:
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("<!-- settings-table:start -->\n") + len("<!-- settings-table:start -->\n")
+    end = readme.index("\n<!-- settings-table:end -->")
+    assert readme[start:end] == settings_table(), "run: python -m server.settings_doc"
+
+
+def test_every_setting_is_a_serve_flag() -> None:
+    parser = build_parser()
+    serve = parser._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    dests = {action.dest for action in serve._actions}
+    assert set(Settings.model_fields) <= dests
+
+
+def test_flags_override_environment(monkeypatch) -> None:
+    from server.serve_cmd import settings_from_args
+
+    monkeypatch.setenv("VLMSERVE_PORT", "9001")
+    monkeypatch.setenv("VLMSERVE_MAX_BATCH_SIZE", "3")
+    args = build_parser().parse_args(["serve", "--port", "9002", "--no-json-logs"])
+    settings = settings_from_args(args)
+    assert (settings.port, settings.max_batch_size, settings.json_logs) == (9002, 3, False)

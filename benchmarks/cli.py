@@ -1,4 +1,4 @@
-"""``vlmserve bench``: load-test any OpenAI-compatible chat server with images, or two side by side."""
+"""``vlmserve bench``: load-test an OpenAI-compatible chat server with images, or two at once."""
 
 from __future__ import annotations
 

@@ -78,7 +78,7 @@ class _StreamState:
 async def _read_stream(response: httpx.Response, state: _StreamState) -> None:
     """Consume SSE lines until ``[DONE]``, the end of the body, or an error event."""
     async for line in response.aiter_lines():
-        # Each OpenAI-style event is a single ``data:`` line; blank lines and comments carry nothing.
+        # Each OpenAI-style event is one ``data:`` line; blank lines and comments carry nothing.
         if not line.startswith("data:"):
             continue
         now = time.perf_counter()

@@ -83,7 +83,7 @@ def throughput_table(summaries: Sequence[LevelSummary]) -> tuple[Row, list[Row]]
 
 
 def latency_table(summaries: Sequence[LevelSummary]) -> tuple[Row, list[Row]]:
-    """Headers and rows of the latency table (milliseconds), one row per target, level and metric."""
+    """Headers and rows of the latency table (ms), one row per target, level and metric."""
     headers = ["target", "level", "metric", "mean ms", "p50 ms", "p90 ms", "p99 ms", "samples"]
     rows = []
     for s in summaries:

@@ -158,7 +158,7 @@ async def _closed_loop(
 async def _poisson(
     session: TargetSession, rate: float, plan: LoadPlan, start: float, progress: Progress
 ) -> list[RequestRecord]:
-    """Open loop: requests arrive with exponential gaps of mean ``1/rate``, however many are open."""
+    """Open loop: arrivals with exponential gaps of mean ``1/rate``, however many are open."""
     rng = random.Random(plan.seed)
     deadline = start + plan.duration if plan.duration else None
     tasks: list[asyncio.Task[RequestRecord]] = []

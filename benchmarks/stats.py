@@ -58,8 +58,8 @@ def cost_per_unit(
 ) -> float | None:
     """Cost of ``per`` units when ``units`` took ``wall_seconds`` on a GPU priced per hour.
 
-    ``cost_per_unit(price, wall, images, 1000)`` is the cost per 1K images: the GPU is billed for the
-    whole wall time of the measured level, whatever its utilisation.
+    ``cost_per_unit(price, wall, images, 1000)`` is the cost per 1K images: the GPU is billed for
+    the whole wall time of the measured level, whatever its utilisation.
     """
     if units <= 0 or wall_seconds <= 0:
         return None

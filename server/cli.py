@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tiny-model": ("models.tiny_cmd", "Write a tiny random-weight checkpoint for a model family."),
     "bench": (
         "benchmarks.cli",
-        "Benchmark an OpenAI-compatible server with images: throughput, latency, cost per 1K images.",
+        "Benchmark OpenAI-compatible servers with images: throughput, latency, cost per 1K images.",
     ),
 }
 

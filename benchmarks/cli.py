@@ -10,7 +10,11 @@ import shlex
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from benchmarks.runner import LoadPlan, Target
+    from benchmarks.workload import Workload
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     from benchmarks.options import build_plan, build_targets, build_workload
-    from benchmarks.runner import run_benchmark
+    from benchmarks.runner import WarmUpError, run_benchmark
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -133,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     metadata = _metadata(args, targets, workload, plan)
     try:
         outcome = asyncio.run(run_benchmark(targets, workload, plan, not args.no_progress))
-    except RuntimeError as exc:
+    except WarmUpError as exc:
         print(f"vlmserve bench: {exc}", file=sys.stderr)
         return 1
     from benchmarks.output import finish
@@ -141,7 +145,9 @@ def run(args: argparse.Namespace) -> int:
     return finish(outcome, targets, workload, args, metadata)
 
 
-def _metadata(args: argparse.Namespace, targets: list[Any], workload: Any, plan: Any) -> dict:
+def _metadata(
+    args: argparse.Namespace, targets: list[Target], workload: Workload, plan: LoadPlan
+) -> dict[str, Any]:
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": shlex.join(["vlmserve", *sys.argv[1:]]),

@@ -29,6 +29,10 @@ LENGTH_NOT_ENFORCED = (
 _REJECTED = ("http_400", "http_422")
 
 
+class WarmUpError(RuntimeError):
+    """The server did not answer the first warm-up request, so nothing would be measured."""
+
+
 @dataclass(frozen=True)
 class Target:
     """One OpenAI-compatible server under test; ``name`` is ``A`` or ``B`` in reports."""
@@ -123,7 +127,7 @@ class TargetSession:
             self.bodies = self.workload.encoded_bodies(model, enforce_length=False, extra=extra)
             first = await self.send(-1, time.perf_counter())
         if first.error is not None:
-            raise RuntimeError(
+            raise WarmUpError(
                 f"{self.target.name}: warm-up request failed ({first.error}): {first.error_message}"
             )
         for _ in range(count - 1):

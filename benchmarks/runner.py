@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import httpx
+import aiohttp
 
 from benchmarks.client import chat_url, make_headers, send_streaming
 from benchmarks.records import RequestRecord
@@ -87,7 +87,7 @@ class TargetSession:
 
     target: Target
     workload: Workload
-    client: httpx.AsyncClient
+    client: aiohttp.ClientSession
     enforce_length: bool = True
     bodies: list[bytes] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -251,12 +251,13 @@ async def run_benchmark(
     """Warm every target up, then run each level; with two targets, interleave them A,B,B,A."""
     from tqdm import tqdm
 
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    timeout = httpx.Timeout(plan.timeout)
+    timeout = aiohttp.ClientTimeout(total=plan.timeout)
     async with contextlib.AsyncExitStack() as stack:
         sessions = []
         for target in targets:
-            client = httpx.AsyncClient(timeout=timeout, limits=limits)
+            # limit=0: no cap on connections, the load plan alone decides how many are open.
+            connector = aiohttp.TCPConnector(limit=0)
+            client = aiohttp.ClientSession(timeout=timeout, connector=connector)
             await stack.enter_async_context(client)
             sessions.append(TargetSession(target, workload, client))
         for session in sessions:

@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "models.full_config",
         "Write a full-size model folder without weights (for load_format=dummy benchmarks).",
     ),
+    "bench": (
+        "benchmarks.cli",
+        "Benchmark OpenAI-compatible servers with images: throughput, latency, cost per 1K images.",
+    ),
 }
 
 

@@ -60,14 +60,56 @@ class _Sequence:
 
     owner: _Request
     index: int
+    #: This sequence's own KV cache; stale while the sequence sits in a :class:`_Batch`.
     kv: KV
     next_token: int
     text: TextStream
+    #: Tokens in the KV cache (the position of the next input token).
+    length: int
     generated: list[int] = field(default_factory=list)
 
-    @property
-    def length(self) -> int:
-        return self.kv[0][0].shape[2]
+
+@dataclass
+class _Batch:
+    """The left-padded KV cache of the sequences decoded together, kept across steps.
+
+    While the same sequences run, each step appends to this cache in place; only when one joins
+    or leaves is it split back into per-sequence caches and packed anew.
+    """
+
+    seqs: list[_Sequence]
+    cache: Any
+    mask: torch.Tensor
+
+    def unpack(self) -> None:
+        """Give every member its own view of its rows (no copy)."""
+        width = self.mask.shape[1]
+        for row, seq in enumerate(self.seqs):
+            start = width - seq.length
+            seq.kv = [
+                (lay.keys[row : row + 1, :, start:], lay.values[row : row + 1, :, start:])
+                for lay in self.cache.layers
+            ]
+
+    @classmethod
+    def pack(cls, seqs: list[_Sequence], device: str) -> _Batch:
+        """Left-pad the members' caches into one batch (the one copy of the KV cache)."""
+        from transformers import DynamicCache
+
+        longest = max(s.length for s in seqs)
+        layers = []
+        for layer in range(len(seqs[0].kv)):
+            keys, values = seqs[0].kv[layer]
+            shape = (len(seqs), keys.shape[1], longest, keys.shape[3])
+            k_batch, v_batch = keys.new_zeros(shape), values.new_zeros(shape)
+            for row, seq in enumerate(seqs):
+                k_batch[row, :, longest - seq.length :] = seq.kv[layer][0][0]
+                v_batch[row, :, longest - seq.length :] = seq.kv[layer][1][0]
+            layers.append((k_batch, v_batch))
+        mask = torch.zeros(len(seqs), longest, dtype=torch.long, device=device)
+        for row, seq in enumerate(seqs):
+            mask[row, longest - seq.length :] = 1
+        return cls(list(seqs), DynamicCache(ddp_cache_data=layers), mask)
 
 
 class TransformersEngine(Engine):
@@ -86,6 +128,7 @@ class TransformersEngine(Engine):
         self._max_len = 0
         self._pending: collections.deque[_Request] = collections.deque()
         self._running: list[_Sequence] = []
+        self._batch: _Batch | None = None
         self._aborted: set[str] = set()
         self._lock = threading.Condition()
         self._stopping = False
@@ -255,7 +298,7 @@ class TransformersEngine(Engine):
         sequences = []
         for index in range(options.n):
             text = TextStream(self.processor.tokenizer, options.stop)
-            seq = _Sequence(item, index, kv, -1, text)
+            seq = _Sequence(item, index, kv, -1, text, item.prompt_tokens)
             seq.next_token = sample(
                 adjust_logits(logits, options, [], self._eos), options, item.generator
             )
@@ -267,35 +310,22 @@ class TransformersEngine(Engine):
 
     def _decode_step(self) -> None:
         seqs = list(self._running)
-        longest = max(s.length for s in seqs)
-        batch_kv = []
-        for layer in range(len(seqs[0].kv)):
-            keys, values = seqs[0].kv[layer]
-            shape = (len(seqs), keys.shape[1], longest, keys.shape[3])
-            k_batch, v_batch = keys.new_zeros(shape), values.new_zeros(shape)
-            for row, seq in enumerate(seqs):
-                k_batch[row, :, longest - seq.length :] = seq.kv[layer][0][0]
-                v_batch[row, :, longest - seq.length :] = seq.kv[layer][1][0]
-            batch_kv.append((k_batch, v_batch))
-        mask = torch.zeros(len(seqs), longest + 1, dtype=torch.long, device=self.device)
-        for row, seq in enumerate(seqs):
-            mask[row, longest - seq.length :] = 1
-        from transformers import DynamicCache
-
+        batch = self._batch
+        if batch is None or [id(s) for s in batch.seqs] != [id(s) for s in seqs]:
+            if batch is not None:
+                batch.unpack()
+            batch = self._batch = _Batch.pack(seqs, self.device)
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(seqs), 1)], dim=1)
         out = self.model(
             input_ids=torch.tensor([[s.next_token] for s in seqs], device=self.device),
-            attention_mask=mask,
+            attention_mask=batch.mask,
             position_ids=torch.tensor([[s.length] for s in seqs], device=self.device),
-            past_key_values=DynamicCache(ddp_cache_data=batch_kv),
+            past_key_values=batch.cache,
             use_cache=True,
         )
-        layers = out.past_key_values.layers
+        batch.cache = out.past_key_values
         for row, seq in enumerate(seqs):
-            start = longest - seq.length
-            seq.kv = [
-                (lay.keys[row : row + 1, :, start:], lay.values[row : row + 1, :, start:])
-                for lay in layers
-            ]
+            seq.length += 1
             options = seq.owner.request.sampling
             logits = adjust_logits(out.logits[row, -1], options, seq.generated, self._eos)
             seq.next_token = sample(logits, options, seq.owner.generator)

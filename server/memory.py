@@ -138,3 +138,17 @@ class MemorySplit:
     def shortfall(self) -> int:
         """How far weights and reserves overshoot the budget (0 when they fit)."""
         return max(0, self.weights + self.activations + self.overhead - self.budget)
+
+
+#: Text tokens in a request besides its images: system prompt, question and chat template.
+PROMPT_TEXT_TOKENS = 512
+
+
+def context_for(
+    model: CatalogModel, max_images: int, output_tokens: int, image_tokens: int
+) -> tuple[int, int]:
+    """(images per prompt, max_model_len): as many of the wanted images as the context holds."""
+    text = PROMPT_TEXT_TOKENS + output_tokens
+    room = max(0, model.text.context - text)
+    images = min(max_images, room // image_tokens)
+    return images, images * image_tokens + text

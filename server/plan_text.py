@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from server.gpus import GPUSpec
+from server.memory import context_for
 
 if TYPE_CHECKING:
     from models.catalog import CatalogModel
@@ -64,7 +65,16 @@ def _context_reason(plan: Plan, model: CatalogModel, workload: Workload) -> str:
         f"max_model_len {plan.max_model_len}: {plan.images_per_prompt} image(s) x "
         f"{plan.image_tokens} tokens at high detail + {text} prompt and output tokens."
     )
-    if plan.images_per_prompt < workload.max_images:
+    in_context, _ = context_for(
+        model, workload.max_images, workload.output_tokens, plan.image_tokens
+    )
+    if plan.images_per_prompt < in_context:
+        line += (
+            f" Only {plan.images_per_prompt} of the {workload.max_images} images asked for fit in "
+            f"one request's KV cache on this GPU; send fewer images per request, or pick a larger "
+            f"GPU for more."
+        )
+    elif plan.images_per_prompt < workload.max_images:
         line += (
             f" {model.name}'s {model.text.context}-token context holds only "
             f"{plan.images_per_prompt} of the {workload.max_images} images asked for."

@@ -20,9 +20,11 @@ from server.memory import (
     DTYPE_BYTES,
     GIB,
     KV_DTYPE_BYTES,
+    PROMPT_TEXT_TOKENS,
     MemorySplit,
     activation_bytes,
     batched_tokens_for,
+    context_for,
     overhead_bytes,
     weight_bytes,
 )
@@ -31,8 +33,6 @@ from server.plan_text import explain, explain_refusal
 if TYPE_CHECKING:
     from server.config import Settings
 
-#: Text tokens in a request besides its images: system prompt, question and chat template.
-PROMPT_TEXT_TOKENS = 512
 #: Without a concurrency target, the cache should hold this many maximum-size images at once,
 #: enough for a few image requests to run side by side.
 DEFAULT_CACHED_IMAGES = 4
@@ -177,14 +177,6 @@ def fp16_footprint_bytes(model: CatalogModel, image_tokens: int) -> int:
     )
 
 
-def context_for(model: CatalogModel, workload: Workload, image_tokens: int) -> tuple[int, int]:
-    """(images per prompt, max_model_len): as many of the wanted images as the context holds."""
-    text = PROMPT_TEXT_TOKENS + workload.output_tokens
-    room = max(0, model.text.context - text)
-    images = min(workload.max_images, room // image_tokens)
-    return images, images * image_tokens + text
-
-
 def goal_tokens(workload: Workload, image_tokens: int, max_model_len: int) -> int:
     """KV-cache tokens the workload wants: its concurrency in one-image requests, or
     :data:`DEFAULT_CACHED_IMAGES` maximum-size images, and never less than one full request."""
@@ -246,10 +238,28 @@ def kv_tokens(model: CatalogModel, split: MemorySplit, cand: Candidate) -> int:
 def search(
     model: CatalogModel, gpus: list[GPUSpec], workload: Workload, overrides: Overrides
 ) -> Plan:
+    """The plan for the most images per request (up to what was asked) that fits in memory.
+
+    Serving one image per request beats refusing to serve: when a request with every image asked
+    for does not fit in the KV cache, fewer images per request are tried, and the plan says so.
+    """
+    image_tokens = max_image_tokens(model)
+    wanted, _ = context_for(model, workload.max_images, workload.output_tokens, image_tokens)
+    plan = _search_images(model, gpus, workload, overrides, wanted)
+    for images in range(wanted - 1, 0, -1):
+        if plan.fits:
+            break
+        plan = _search_images(model, gpus, workload, overrides, images)
+    return plan
+
+
+def _search_images(
+    model: CatalogModel, gpus: list[GPUSpec], workload: Workload, overrides: Overrides, images: int
+) -> Plan:
     """The first candidate that meets the workload, else the first that fits, else a refusal."""
     gpu = min(gpus, key=lambda g: (g.memory_mib, g.compute_capability))
     image_tokens = max_image_tokens(model)
-    images, max_model_len = context_for(model, workload, image_tokens)
+    images, max_model_len = context_for(model, images, workload.output_tokens, image_tokens)
     if overrides.max_model_len:
         max_model_len = overrides.max_model_len
     gmu = overrides.gpu_memory_utilization or DEFAULT_GPU_MEMORY_UTILIZATION

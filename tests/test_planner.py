@@ -265,3 +265,15 @@ def test_plan_dataclass_round_trips_to_json() -> None:
     body = json.loads(json.dumps(plan.to_dict()))
     names = {f.name for f in dataclasses.fields(Plan)}
     assert names <= set(body)
+
+
+def test_fewer_images_per_request_rather_than_a_refusal() -> None:
+    """Eight 16-crop Phi-3-V images do not fit one request's KV cache on 8 GB; two do."""
+    plan = plan_for("phi-3-vision", "RTX3070", max_images=8)
+    assert plan.fits
+    assert plan.images_per_prompt == 2
+    assert plan.engine_args()["limit_mm_per_prompt"] == {"image": 2}
+    assert plan.kv_cache_tokens >= plan.max_model_len
+    assert any("Only 2 of the 8 images" in line for line in plan.explanation)
+    roomy = plan_for("phi-3-vision", "A10G", max_images=8)
+    assert roomy.images_per_prompt == 8

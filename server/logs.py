@@ -56,6 +56,10 @@ def configure_logging(level: str, json_logs: bool) -> None:
         # Progress bars write straight to stderr and would break one-object-per-line.
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TQDM_DISABLE", "1")
+        # transformers' weight-loading bar ignores both variables in some releases (5.16).
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -74,6 +74,18 @@ def train_tokenizer(
         show_progress=False,
     )
     tokenizer.train_from_iterator(_corpus(), trainer)
+    return wrap_tokenizer(tokenizer, bos, eos, unk, pad, extra_special_tokens)
+
+
+def wrap_tokenizer(
+    tokenizer: Tokenizer,
+    bos: str,
+    eos: str,
+    unk: str,
+    pad: str,
+    extra_special_tokens: dict[str, str] | None = None,
+) -> PreTrainedTokenizerFast:
+    """A ``tokenizers`` tokenizer as transformers' fast tokenizer with its special tokens."""
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=bos,

@@ -13,7 +13,7 @@ import json
 from tokenizers import Tokenizer, processors
 from transformers import PreTrainedTokenizerFast
 
-from models.tiny import train_tokenizer
+from models.tiny import train_tokenizer, wrap_tokenizer
 
 
 def padded_tokenizer(
@@ -50,11 +50,4 @@ def padded_tokenizer(
         tokenizer.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab[bos])]
         )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token=bos,
-        eos_token=eos,
-        unk_token=unk,
-        pad_token=pad,
-        extra_special_tokens=extra_special_tokens or {},
-    )
+    return wrap_tokenizer(tokenizer, bos, eos, unk, pad, extra_special_tokens)

@@ -19,13 +19,6 @@ from models.architecture import (
     VisionTower,
 )
 
-# Max image tokens for families another change is still adding, used only while
-# models.families does not know them. Phi-3-Vision: Microsoft's
-# calc_num_image_tokens_from_image_size gives (crops + 1) x 144 + 1 + (rows + 1) x 12; with
-# num_crops 16 the tallest grid (16 x 1) is 2,653. InternVL2 tiles exactly as the native
-# InternVL family does.
-FALLBACK_MAX_IMAGE_TOKENS: dict[str, int | str] = {"phi3v": 2653, "internvl2": "internvl"}
-
 
 @dataclass(frozen=True)
 class HardwareRow:
@@ -232,20 +225,10 @@ def find_by_repo(repo: str) -> CatalogModel | None:
 
 
 def max_image_tokens(model: CatalogModel) -> int:
-    """Most prompt tokens one image takes at high detail, asked of the model's family.
+    """Most prompt tokens one image takes at high detail, asked of the model's family."""
+    from models.families import get_family
 
-    Families still being added fall back to :data:`FALLBACK_MAX_IMAGE_TOKENS`, which either
-    holds the number or names a registered family with the same rule.
-    """
-    from models.families import FAMILIES
-
-    family = FAMILIES.get(model.family)
-    if family is None:
-        fallback = FALLBACK_MAX_IMAGE_TOKENS[model.family]
-        if isinstance(fallback, int):
-            return fallback
-        family = FAMILIES[fallback]
-    return family.max_image_tokens()
+    return get_family(model.family).max_image_tokens()
 
 
 def uses_fallback_image_tokens(model: CatalogModel) -> bool:

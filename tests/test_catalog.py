@@ -10,7 +10,6 @@ import pytest
 
 from models.catalog import (
     CATALOG,
-    FALLBACK_MAX_IMAGE_TOKENS,
     HARDWARE_TABLE,
     find_by_repo,
     get_model,
@@ -88,20 +87,15 @@ def test_kv_bytes_per_token_follow_the_formula() -> None:
 
 @pytest.mark.parametrize("model", list(CATALOG.values()), ids=lambda m: m.name)
 def test_image_tokens_come_from_the_family(model) -> None:  # type: ignore[no-untyped-def]
-    tokens = max_image_tokens(model)
-    if model.family in FAMILIES:
-        assert tokens == FAMILIES[model.family].max_image_tokens()
-    else:
-        assert model.family in FALLBACK_MAX_IMAGE_TOKENS
+    assert model.family in FAMILIES
+    assert max_image_tokens(model) == FAMILIES[model.family].max_image_tokens()
 
 
-@pytest.mark.parametrize("family", sorted(FALLBACK_MAX_IMAGE_TOKENS))
-def test_fallback_agrees_with_the_family_once_it_is_registered(family: str) -> None:
-    if family not in FAMILIES:
-        pytest.skip(f"family {family!r} is not registered yet; the fallback number is in use")
-    fallback = FALLBACK_MAX_IMAGE_TOKENS[family]
-    expected = fallback if isinstance(fallback, int) else FAMILIES[fallback].max_image_tokens()
-    assert FAMILIES[family].max_image_tokens() == expected
+def test_original_format_families_match_their_published_rules() -> None:
+    # Phi-3-V: Microsoft's calc_num_image_tokens_from_image_size, (crops + 1) x 144 + 1 +
+    # (rows + 1) x 12, is largest for the 16 x 1 grid at num_crops 16. InternVL-2 tiles as InternVL.
+    assert max_image_tokens(get_model("phi-3-vision")) == 2653
+    assert max_image_tokens(get_model("internvl2-8b")) == FAMILIES["internvl"].max_image_tokens()
 
 
 def test_hardware_rows_are_used_and_name_known_gpus() -> None:

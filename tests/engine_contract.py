@@ -1,7 +1,7 @@
 """What the transformers engine does with a family's ``(model, processor)``, in a few lines.
 
 A prefill per request with the processor's outputs, then decode steps that batch the requests on a
-left-padded ``DynamicCache`` with explicit positions, as ``server/engine/transformers_engine.py``
+left-padded ``DynamicCache`` with explicit positions, as ``vlmserve/engine/transformers_engine.py``
 does.
 """
 
@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from transformers import DynamicCache
 
-from models.base import Detail, ModelFamily
+from vlmserve.models.base import Detail, ModelFamily
 
 
 def prefill(

@@ -24,7 +24,7 @@ TINY_VERSION = 2
 
 def tiny_checkpoint(family: str, root: Path) -> Path:
     """The tiny checkpoint of ``family`` under ``root``, built on first use."""
-    from models.families import get_family
+    from vlmserve.models.families import get_family
 
     path = root / f"{family}-v{TINY_VERSION}"
     if not (path / "config.json").exists():
@@ -106,7 +106,7 @@ def start_server(
         [
             sys.executable,
             "-m",
-            "server.cli",
+            "vlmserve.cli.main",
             "serve",
             "--host",
             "127.0.0.1",

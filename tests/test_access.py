@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-import server.access as access
-from server.access import ANONYMOUS, KeyChecker, RateLimiter, load_api_keys
-from server.config import Settings
-from server.errors import AuthenticationError, RateLimitError
+import vlmserve.api.access as access
+from vlmserve.api.access import ANONYMOUS, KeyChecker, RateLimiter, load_api_keys
+from vlmserve.api.errors import AuthenticationError, RateLimitError
+from vlmserve.config import Settings
 
 
 class Clock:

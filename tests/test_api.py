@@ -13,8 +13,8 @@ import httpx
 import openai
 import pytest
 
-from models.families import get_family
 from tests.helpers import REPO, ServerProcess, hf_cache_snapshot, image_data_url, start_server
+from vlmserve.models.families import get_family
 
 PROMPT = "What is in this image?"
 
@@ -379,7 +379,7 @@ def test_catalogue_name_serves_from_the_hf_cache_offline(tiny_model, tmp_path) -
 
 def test_absent_model_fails_at_once_with_a_clear_message(tmp_path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve", "--model", "llava-1.6-34b"],
+        [sys.executable, "-m", "vlmserve.cli.main", "serve", "--model", "llava-1.6-34b"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -13,9 +13,9 @@ from collections.abc import AsyncGenerator
 
 from fastapi.testclient import TestClient
 
-from server.app import create_app
-from server.config import Settings
-from server.engine.base import (
+from vlmserve.api.app import create_app
+from vlmserve.config import Settings
+from vlmserve.engine.base import (
     ChoiceDelta,
     Engine,
     EngineOutput,

@@ -25,7 +25,7 @@ OUTPUT_TOKENS = 6
 
 
 def _bench(args: list[str], out: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "server.cli", "bench", *args, "--out", str(out)]
+    command = [sys.executable, "-m", "vlmserve.cli.main", "bench", *args, "--out", str(out)]
     return subprocess.run(
         command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False
     )

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.client import _StreamState
-from benchmarks.records import RequestRecord
-from benchmarks.report import ratios, text_table
-from benchmarks.runner import LoadPlan, abba_order, split
-from benchmarks.stats import Distribution, cost_per_unit, percentile, ratio, summarize, tpot_of
-from benchmarks.workload import Workload, load_image_dir, parse_sizes, synthetic_pool
+from vlmserve.bench.client import _StreamState
+from vlmserve.bench.records import RequestRecord
+from vlmserve.bench.report import ratios, text_table
+from vlmserve.bench.runner import LoadPlan, abba_order, split
+from vlmserve.bench.stats import Distribution, cost_per_unit, percentile, ratio, summarize, tpot_of
+from vlmserve.bench.workload import Workload, load_image_dir, parse_sizes, synthetic_pool
 
 
 @pytest.mark.parametrize("q", [0, 1, 10, 50, 90, 99, 100])

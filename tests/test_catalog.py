@@ -8,19 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from models.catalog import (
+from tests.helpers import hf_cache_snapshot
+from vlmserve.cli import models as models_cmd
+from vlmserve.cli.model_source import ModelNotFoundError, resolve_model
+from vlmserve.config import Settings
+from vlmserve.models.catalog import (
     CATALOG,
     HARDWARE_TABLE,
     find_by_repo,
     get_model,
     max_image_tokens,
 )
-from models.families import FAMILIES
-from server import models_cmd
-from server.config import Settings
-from server.gpus import DetectedGPU, match_detected, parse_gpu_spec
-from server.model_source import ModelNotFoundError, resolve_model
-from tests.helpers import hf_cache_snapshot
+from vlmserve.models.families import FAMILIES
+from vlmserve.planner.gpus import DetectedGPU, match_detected, parse_gpu_spec
 
 # REFERENCE.md section 2 as the project recorded it: name, repo, L, hidden, heads, kv, inter, vocab.
 REFERENCE_ARCHITECTURES = [
@@ -106,7 +106,7 @@ def test_hardware_rows_are_used_and_name_known_gpus() -> None:
 
 
 def test_quantized_repos_use_vllm_method_names() -> None:
-    from server.memory import LINEAR_BITS
+    from vlmserve.planner.memory import LINEAR_BITS
 
     for model in CATALOG.values():
         for variant in model.quantized:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from server.cli import COMMANDS
-from server.config import Settings
+from vlmserve.cli.main import COMMANDS
+from vlmserve.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile.gpu"
@@ -140,6 +140,6 @@ def test_dockerignore_keeps_what_the_build_copies_and_drops_the_rest() -> None:
         ".venv/bin/python",
         ".git/HEAD",
         "tests/test_helm.py",
-        "server/__pycache__/cli.pyc",
+        "vlmserve/__pycache__/config.pyc",
     ):
         assert dockerignored(path, patterns), path

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from server.cli import build_parser
-from server.config import Settings
-from server.settings_doc import readme_table, settings_table
 from tests.helpers import REPO
+from vlmserve.cli.main import build_parser
+from vlmserve.config import Settings
+from vlmserve.settings_doc import readme_table, settings_table
 
 
 def test_readme_settings_table_is_current() -> None:
     readme = (REPO / "README.md").read_text()
-    assert readme_table(readme) == settings_table(), "run: python -m server.settings_doc"
+    assert readme_table(readme) == settings_table(), "run: python -m vlmserve.settings_doc"
 
 
 def test_every_setting_is_a_serve_flag() -> None:
@@ -21,7 +21,7 @@ def test_every_setting_is_a_serve_flag() -> None:
 
 
 def test_flags_override_environment(monkeypatch) -> None:
-    from server.serve_cmd import settings_from_args
+    from vlmserve.cli.serve import settings_from_args
 
     monkeypatch.setenv("VLMSERVE_PORT", "9001")
     monkeypatch.setenv("VLMSERVE_MAX_BATCH_SIZE", "3")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from server.config import Settings
-from server.engine import factory
-from server.gpus import DetectedGPU, detect_gpus
+from vlmserve.config import Settings
+from vlmserve.engine import factory
+from vlmserve.planner.gpus import DetectedGPU, detect_gpus
 
 REPO = Path(__file__).resolve().parent.parent
 H100 = DetectedGPU("NVIDIA H100 80GB HBM3", 80 * 2**30, (9, 0))
@@ -59,7 +59,16 @@ def test_transformers_asked_for_skips_gpu_detection(monkeypatch: pytest.MonkeyPa
 def test_serve_with_vllm_and_no_gpu_exits_2_with_one_error_line(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     result = subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve", "--engine", "vllm", "--model", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "vlmserve.cli.main",
+            "serve",
+            "--engine",
+            "vllm",
+            "--model",
+            str(tmp_path),
+        ],
         check=False,
         cwd=REPO,
         capture_output=True,
@@ -78,9 +87,9 @@ def test_serve_plans_catalogue_models_for_vllm() -> None:
     from tests import vllm_cpu
 
     vllm_cpu.install()  # before vLLM is first imported, or its platform is fixed as "none"
-    from models.catalog import get_model
-    from server.engine.vllm_engine import engine_args_from_settings
-    from server.serve_cmd import plan_engine_args
+    from vlmserve.cli.serve import plan_engine_args
+    from vlmserve.engine.vllm_engine import engine_args_from_settings
+    from vlmserve.models.catalog import get_model
 
     settings = Settings(gpu="A10G", max_num_seqs=3)
     plan_args = plan_engine_args(settings, get_model("llava-1.5-7b"))
@@ -94,8 +103,8 @@ def test_serve_plans_catalogue_models_for_vllm() -> None:
 
 
 def test_serve_refuses_a_model_that_does_not_fit() -> None:
-    from models.catalog import get_model
-    from server.serve_cmd import plan_engine_args
+    from vlmserve.cli.serve import plan_engine_args
+    from vlmserve.models.catalog import get_model
 
     with pytest.raises(factory.EngineUnavailableError, match="H100"):
         plan_engine_args(Settings(gpu="RTX3070"), get_model("internvl2-76b"))

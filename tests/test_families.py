@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 from transformers import AutoProcessor
 
-from models.families import FAMILIES, family_for_checkpoint, get_family
-from server.cli import main
+from vlmserve.cli.main import main
+from vlmserve.models.families import FAMILIES, family_for_checkpoint, get_family
 
 NATIVE = ("llava", "llava-next", "internvl")
 SIZES = [(336, 336), (640, 480), (1024, 200), (100, 900), (672, 672), (2000, 1000), (33, 17)]

@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
-from models.catalog import get_model
-from models.families import get_family
-from models.full_config import write_full_config
-from server.config import Settings
-from server.engine.base import EngineRequest, ImageInput, SamplingOptions
+from vlmserve.config import Settings
+from vlmserve.engine.base import EngineRequest, ImageInput, SamplingOptions
+from vlmserve.models.catalog import get_model
+from vlmserve.models.families import get_family
+from vlmserve.models.full_config import write_full_config
 
 #: Catalogue models in transformers' layout, with their parameter counts as the model pages give
 #: them (exact for the 7B models, rounded to 13.4B and 34.8B for the others).
@@ -82,7 +82,7 @@ def test_vllm_builds_the_dummy_weight_engine_config(full_dir: Callable[[str], Pa
     vllm_cpu.install()
     from vllm.renderers import renderer_from_config
 
-    from server.engine import vllm_engine
+    from vlmserve.engine import vllm_engine
 
     name = "llava-1.5-7b"
     path = full_dir(name)

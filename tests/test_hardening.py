@@ -292,7 +292,7 @@ def test_logs_carry_request_ids_and_no_secrets(hardened: ServerProcess) -> None:
     assert len(lines) == len(hardened.log().splitlines())  # JSON logs: every line is JSON
     ours = [entry for entry in lines if entry["request_id"] == "trace-4242"]
     loggers = {entry["logger"] for entry in ours}
-    assert "server.engine.transformers_engine" in loggers  # the worker thread names it too
+    assert "vlmserve.engine.transformers_engine" in loggers  # the worker thread names it too
     assert any("/v1/chat/completions" in entry["message"] for entry in ours)  # access line
     text = hardened.log()
     assert payload[:40] not in text and payload[-40:] not in text

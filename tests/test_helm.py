@@ -20,7 +20,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from server.config import Settings
+from vlmserve.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "vlmserve"

@@ -1,6 +1,6 @@
 """The chart's values against the server's settings, and the values schema against bad input.
 
-server/config.py `Settings` is the one list of settings. The chart sets a few of them itself (the
+vlmserve/config.py `Settings` is the one list of settings. The chart sets a few of them itself (the
 VLMSERVE_* names written in its templates) and passes the rest through `settings:` maps, whose
 allowed keys and types in values.schema.json must equal what `Settings` declares. Add a field to
 `Settings` and test_settings_schema_matches_the_server fails until `python -m server.settings_doc`
@@ -16,9 +16,9 @@ from typing import Any
 import helm_python as helm
 import pytest
 
-from server.config import Settings
-from server.settings_doc import CHART, ENV_NAME, chart_owned_settings, env_to_field
-from server.settings_doc import chart_settings_schema as expected_settings_schema
+from vlmserve.config import Settings
+from vlmserve.settings_doc import CHART, ENV_NAME, chart_owned_settings, env_to_field
+from vlmserve.settings_doc import chart_settings_schema as expected_settings_schema
 
 
 def schema() -> dict[str, Any]:
@@ -54,8 +54,8 @@ def test_settings_schema_matches_the_server() -> None:
     expected = expected_settings_schema()
     actual = schema()["definitions"]["settings"]
     assert actual == expected, (
-        "values.schema.json definitions.settings is out of date with server/config.py; run: "
-        "python -m server.settings_doc"
+        "values.schema.json definitions.settings is out of date with vlmserve/config.py; run: "
+        "python -m vlmserve.settings_doc"
     )
 
 

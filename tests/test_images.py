@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.families import get_family
-from server.engine.base import ImageInput
-from server.errors import BadRequestError
-from server.images import ImageLimits, decode_image
-from server.serving import check_image_tokens
+from vlmserve.api.chat import check_image_tokens
+from vlmserve.api.errors import BadRequestError
+from vlmserve.engine.base import ImageInput
+from vlmserve.images.decode import ImageLimits, decode_image
+from vlmserve.models.families import get_family
 
 LIMITS = ImageLimits(max_bytes=5_000_000, max_pixels=4_000_000)
 PARAM = "messages[0].content[0].image_url"
@@ -115,7 +115,7 @@ def test_image_token_budget_names_the_image_that_goes_over() -> None:
 
 
 def test_decoding_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    import server.images as images
+    import vlmserve.images.decode as images
 
     threads: list[threading.Thread] = []
     real = images._open_checked

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-import server.media as media
-from server.errors import BadRequestError
-from server.media import MediaFetcher, MediaPolicy, domain_allowed, is_public_address
+import vlmserve.images.fetch as media
 from tests.image_server import ImageServer, image_server, png_bytes
+from vlmserve.api.errors import BadRequestError
+from vlmserve.images.fetch import MediaFetcher, MediaPolicy, domain_allowed, is_public_address
 
 PARAM = "messages[0].content[1].image_url"
 LOOPBACK = ipaddress.ip_address("127.0.0.1")

@@ -2,7 +2,8 @@
 
 vLLM 0.26.0 has native ``Phi3VForCausalLM`` and ``InternVLChatModel``; what it needs from the
 checkpoint's hub code (the ``phi3_v`` / ``internvl_chat`` configs and Phi-3-V's processor) comes
-from :mod:`models.hf_registry` instead, with ``trust_remote_code=False``. The engine core is never
+from :mod:`vlmserve.models.hf_registry` instead, with ``trust_remote_code=False``. The engine
+core is never
 started (no CPU kernels in the PyPI wheel); only the config and the multimodal processor run.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from models.families import get_family
+from vlmserve.models.families import get_family
 
 pytest.importorskip("vllm")
 IMAGE = Image.new("RGB", (640, 480), (200, 10, 10))
@@ -35,7 +36,7 @@ def _vllm_processor(path: Path) -> Any:
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.multimodal import MULTIMODAL_REGISTRY
 
-    import models.hf_registry  # noqa: F401  (registers the original formats' classes)
+    import vlmserve.models.hf_registry  # noqa: F401  (registers the original formats' classes)
 
     args = AsyncEngineArgs(
         model=str(path),

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 from safetensors import safe_open
 
-from models.families import family_for_checkpoint, get_family
-from models.phi3v_files import LONG_FACTOR, SHORT_FACTOR
-from models.phi3v_image import crop_grid, max_image_tokens, tokens_for_grid
 from tests.engine_contract import decode_together, prefill
+from vlmserve.models.families import family_for_checkpoint, get_family
+from vlmserve.models.phi3v_files import LONG_FACTOR, SHORT_FACTOR
+from vlmserve.models.phi3v_image import crop_grid, max_image_tokens, tokens_for_grid
 
 SIZES = [(50, 50), (336, 336), (640, 480), (480, 640), (1000, 200), (50, 8000), (2048, 2048)]
 FAMILY = get_family("phi3v")
@@ -107,7 +107,7 @@ def test_folder_is_microsofts_layout_and_no_hub_code_runs(tiny: Path, monkeypatc
     monkeypatch.setattr(dynamic, "get_class_from_dynamic_module", refuse)
     assert family_for_checkpoint(tiny) is FAMILY
     FAMILY.load(tiny, "cpu")
-    assert not [m for m in sys.modules if "phi3_v" in m and not m.startswith("models.")]
+    assert not [m for m in sys.modules if "phi3_v" in m and not m.startswith("vlmserve.models.")]
 
 
 def test_full_size_files(tmp_path: Path) -> None:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from models.catalog import CATALOG, get_model
-from server import gpus as gpus_module
-from server import plan_cmd
-from server.config import Settings
-from server.gpus import GPU_CATALOG, DetectedGPU, parse_gpu_spec
-from server.planner import Overrides, Plan, Workload, plan_model
+from vlmserve.cli import plan as plan_cmd
+from vlmserve.config import Settings
+from vlmserve.models.catalog import CATALOG, get_model
+from vlmserve.planner import gpus as gpus_module
+from vlmserve.planner.gpus import GPU_CATALOG, DetectedGPU, parse_gpu_spec
+from vlmserve.planner.planner import Overrides, Plan, Workload, plan_model
 
 ROWS = [(m.name, m.hardware) for m in CATALOG.values() if m.hardware is not None]
 

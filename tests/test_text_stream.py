@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.engine.text import TextStream
+from vlmserve.engine.text import TextStream
 
 ALPHABET = "abc ,.\ufffd"
 

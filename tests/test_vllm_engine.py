@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from models.families import FAMILIES as ALL_FAMILIES
-from models.families import get_family
-from server.config import Settings
-from server.engine.base import EngineRequest, ImageInput, SamplingOptions
-from server.errors import BadRequestError
-from server.gpus import detect_gpus
+from vlmserve.api.errors import BadRequestError
+from vlmserve.config import Settings
+from vlmserve.engine.base import EngineRequest, ImageInput, SamplingOptions
+from vlmserve.models.families import FAMILIES as ALL_FAMILIES
+from vlmserve.models.families import get_family
+from vlmserve.planner.gpus import detect_gpus
 
 pytest.importorskip("vllm")
 
@@ -54,7 +54,7 @@ def vllm_mod() -> Any:
     from tests import vllm_cpu
 
     vllm_cpu.install()
-    from server.engine import vllm_engine
+    from vlmserve.engine import vllm_engine
 
     return vllm_engine
 
@@ -163,7 +163,7 @@ def test_low_detail_cuts_prompt_tokens(family: str, vllm_mod: Any, vllm_setup: A
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_two_images_in_order(family: str, vllm_mod: Any, vllm_setup: Any) -> None:
-    from server.serving import check_image_tokens
+    from vlmserve.api.chat import check_image_tokens
 
     _, renderer = vllm_setup(family)
     fam = get_family(family)
@@ -393,7 +393,7 @@ def test_stat_logger_snapshot(vllm_mod: Any) -> None:
 
 @pytest.mark.skipif(not detect_gpus(), reason="the vLLM engine core needs an NVIDIA GPU")
 def test_engine_streams_and_aborts_on_gpu(tiny_vllm_model: Callable[[str], Path]) -> None:
-    from server.engine.vllm_engine import VLLMEngine, engine_args_from_settings
+    from vlmserve.engine.vllm_engine import VLLMEngine, engine_args_from_settings
 
     async def scenario() -> None:
         # InternVL: the family whose vLLM path also works with the newest transformers.

@@ -1,1 +1,0 @@
-"""Inference engines behind one interface (:mod:`server.engine.base`)."""

@@ -1,0 +1,243 @@
+"""The FastAPI application: routes, lifespan (model loading), access, request ids and metrics.
+
+Routes stay thin: they fetch the handler and choose the response type. The model loads in the
+background after the server starts listening, so ``/health`` can answer 503 until it is ready,
+and again from the moment the server starts draining for shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from vlmserve.api.access import KeyChecker, RateLimiter, load_api_keys
+from vlmserve.api.admission import Admission, AdmissionMiddleware
+from vlmserve.api.chat import ChatHandler, deadline_scope
+from vlmserve.api.errors import OverloadedError, error_response, install_error_handlers
+from vlmserve.api.metrics import Metrics
+from vlmserve.api.protocol import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    now,
+)
+from vlmserve.config import Settings
+from vlmserve.engine.base import Engine
+from vlmserve.logs import request_id_var
+
+logger = logging.getLogger(__name__)
+
+CHAT_PATH = "/v1/chat/completions"
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 429, 500, 503, 504)
+}
+_bearer = HTTPBearer(auto_error=False, description="One of the server's API keys, if it has any.")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+class ServerState:
+    """What the routes share: the engine, the handler, readiness."""
+
+    def __init__(self, settings: Settings, engine: Engine, model_id: str) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.model_id = model_id
+        self.ready = False
+        self.metrics = Metrics(lambda: engine.stats() if self.ready else None)
+        self.chat = ChatHandler(engine, settings, model_id, self.metrics)
+        self.created = now()
+        self.admission = Admission(settings.max_queued_requests)
+        self.keys = KeyChecker(load_api_keys(settings))
+        self.limiter = RateLimiter(
+            settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute
+        )
+        #: Called when the model cannot be loaded (the CLI stops the server).
+        self.on_fatal: Callable[[BaseException], None] = lambda exc: None
+
+    def unavailable(self) -> OverloadedError | None:
+        """Why the server is not ready for requests (loading, draining), if it is not."""
+        if self.admission.draining:
+            return OverloadedError("The server is shutting down.", code="shutting_down")
+        if not self.ready:
+            return OverloadedError("The model is still loading.", retry_after=5, code="loading")
+        return None
+
+
+class RequestIdMiddleware:
+    """Gives each request an id (or takes ``X-Request-Id``), returns it, and counts chat statuses.
+
+    A plain ASGI middleware, so streaming responses and disconnects pass through untouched.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")[:128]
+        request_id = given if given.isprintable() and given else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+                if scope["path"] == CHAT_PATH:
+                    self.metrics.requests.labels(str(message["status"])).inc()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+
+async def with_cancellation(request: Request, work: Awaitable[Any]) -> Any:
+    """Run ``work`` unless the client disconnects first; then cancel it (aborting the engine).
+
+    The body has already been read, so the next ASGI message can only be the disconnect.
+    """
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task, watcher = asyncio.ensure_future(work), asyncio.ensure_future(disconnected())
+    done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        watcher.cancel()
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    logger.info("client disconnected; request aborted")
+    return Response(status_code=499)
+
+
+class EventStreamResponse(StreamingResponse):
+    """Server-sent events whose generator is closed as soon as the response ends.
+
+    Starlette leaves an unfinished body iterator to the garbage collector; closing it here aborts
+    the engine request at once when the client goes away mid-stream.
+    """
+
+    def __init__(self, events: AsyncIterator[str]) -> None:
+        super().__init__(events, media_type="text/event-stream")
+        self._events = events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._events.aclose()  # type: ignore[attr-defined]
+
+
+def _caller(request: Request, credentials: Credentials) -> str:
+    """The caller's id from its bearer token (401 when keys are set and it has none)."""
+    state: ServerState = request.app.state.vlm
+    return state.keys.caller(credentials.credentials if credentials else None)
+
+
+Caller = Annotated[str, Depends(_caller)]
+
+
+def _admitted_caller(request: Request, who: Caller) -> str:
+    """The caller, once its rate limits admit one more request (else 429)."""
+    request.app.state.vlm.limiter.admit(who)
+    return who
+
+
+def _metrics_access(request: Request, credentials: Credentials) -> None:
+    """Metrics need a key only with ``protect_metrics``."""
+    if request.app.state.vlm.settings.protect_metrics:
+        _caller(request, credentials)
+
+
+AdmittedCaller = Annotated[str, Depends(_admitted_caller)]
+MetricsAccess = Annotated[None, Depends(_metrics_access)]
+
+
+def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
+    """The application serving ``engine`` as ``model_id``."""
+    state = ServerState(settings, engine, model_id)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async def load() -> None:
+            try:
+                await engine.start()
+            except Exception as exc:
+                logger.exception("could not load the model")
+                state.on_fatal(exc)
+                return
+            state.ready = True
+            logger.info("model %s is ready on the %s engine", model_id, engine.name)
+
+        loader = asyncio.create_task(load())
+        yield
+        loader.cancel()
+        state.ready = False
+        await engine.shutdown()
+
+    app = FastAPI(title="vlmserve", version="0.1.0", lifespan=lifespan)
+    app.state.vlm = state
+    install_error_handlers(app)
+    app.add_middleware(AdmissionMiddleware, admission=state.admission, path=CHAT_PATH)
+    app.add_middleware(RequestIdMiddleware, metrics=state.metrics)
+
+    def ready_state() -> ServerState:
+        problem = state.unavailable()
+        if problem is not None:
+            raise problem
+        return state
+
+    @app.post(CHAT_PATH, response_model=ChatCompletion, responses=_ERRORS)
+    async def chat_completions(
+        body: ChatCompletionRequest, request: Request, who: AdmittedCaller
+    ) -> Any:
+        handler = ready_state().chat
+        deadline = asyncio.get_running_loop().time() + settings.request_timeout_seconds
+        charge = functools.partial(state.limiter.charge, who)
+        async with deadline_scope(deadline):
+            engine_request = await handler.build(body, request_id_var.get())
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            events = await with_cancellation(
+                request, handler.open_stream(engine_request, include_usage, deadline, charge)
+            )
+            if isinstance(events, Response):
+                return events
+            return EventStreamResponse(events)
+        return await with_cancellation(request, handler.complete(engine_request, deadline, charge))
+
+    @app.get("/v1/models", response_model=ModelList, responses=_ERRORS)
+    async def list_models(_: Caller) -> ModelList:
+        return ModelList(data=[ModelCard(id=model_id, created=state.created)])
+
+    @app.get("/health", responses={503: {"model": ErrorResponse}})
+    async def health() -> Response:
+        problem = state.unavailable()
+        if problem is not None:
+            return error_response(problem)
+        return JSONResponse({"status": "ok", "model": model_id, "engine": engine.name})
+
+    @app.get("/metrics", response_class=Response, responses={401: {"model": ErrorResponse}})
+    async def metrics(_: MetricsAccess) -> Response:
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app

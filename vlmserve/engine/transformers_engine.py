@@ -1,0 +1,376 @@
+"""The transformers engine: CPU (or one GPU) serving with continuous batching, for development.
+
+Requests are preprocessed off the event loop, then handed to one worker thread that owns the
+model. Each step the worker admits waiting requests (one prefill each, with their images), then
+runs ONE batched decode step for every running sequence: per-sequence KV caches are left-padded
+into a batch, so a request joins or leaves the batch between any two decode steps. Outputs go back
+to each request's asyncio queue. An aborted request is dropped at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlmserve.api.errors import BadRequestError, OverloadedError
+from vlmserve.engine.base import (
+    ChoiceDelta,
+    Engine,
+    EngineOutput,
+    EngineRequest,
+    EngineStats,
+    FinishReason,
+)
+from vlmserve.engine.sampling import adjust_logits, new_generator, sample
+from vlmserve.engine.text import TextStream
+from vlmserve.logs import for_request
+from vlmserve.models.families import family_for_checkpoint
+
+logger = logging.getLogger(__name__)
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class _Request:
+    """A request inside the worker: its inputs, its queue and its random generator."""
+
+    request: EngineRequest
+    inputs: dict[str, Any]
+    prompt_tokens: int
+    queue: asyncio.Queue[EngineOutput | BaseException]
+    loop: asyncio.AbstractEventLoop
+    generator: torch.Generator
+
+    def send(self, item: EngineOutput | BaseException) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+@dataclass
+class _Sequence:
+    """One choice of a request being decoded."""
+
+    owner: _Request
+    index: int
+    #: This sequence's own KV cache; stale while the sequence sits in a :class:`_Batch`.
+    kv: KV
+    next_token: int
+    text: TextStream
+    #: Tokens in the KV cache (the position of the next input token).
+    length: int
+    generated: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Batch:
+    """The left-padded KV cache of the sequences decoded together, kept across steps.
+
+    While the same sequences run, each step appends to this cache in place; only when one joins
+    or leaves is it split back into per-sequence caches and packed anew.
+    """
+
+    seqs: list[_Sequence]
+    cache: Any
+    mask: torch.Tensor
+
+    def unpack(self) -> None:
+        """Give every member its own view of its rows (no copy)."""
+        width = self.mask.shape[1]
+        for row, seq in enumerate(self.seqs):
+            start = width - seq.length
+            seq.kv = [
+                (lay.keys[row : row + 1, :, start:], lay.values[row : row + 1, :, start:])
+                for lay in self.cache.layers
+            ]
+
+    @classmethod
+    def pack(cls, seqs: list[_Sequence], device: str) -> _Batch:
+        """Left-pad the members' caches into one batch (the one copy of the KV cache)."""
+        from transformers import DynamicCache
+
+        longest = max(s.length for s in seqs)
+        layers = []
+        for layer in range(len(seqs[0].kv)):
+            keys, values = seqs[0].kv[layer]
+            shape = (len(seqs), keys.shape[1], longest, keys.shape[3])
+            k_batch, v_batch = keys.new_zeros(shape), values.new_zeros(shape)
+            for row, seq in enumerate(seqs):
+                k_batch[row, :, longest - seq.length :] = seq.kv[layer][0][0]
+                v_batch[row, :, longest - seq.length :] = seq.kv[layer][1][0]
+            layers.append((k_batch, v_batch))
+        mask = torch.zeros(len(seqs), longest, dtype=torch.long, device=device)
+        for row, seq in enumerate(seqs):
+            mask[row, longest - seq.length :] = 1
+        return cls(list(seqs), DynamicCache(ddp_cache_data=layers), mask)
+
+
+class TransformersEngine(Engine):
+    """Serves one local checkpoint with transformers, batching decode steps across requests."""
+
+    name = "transformers"
+
+    def __init__(self, model_path: str | Path, *, device: str = "cpu", max_batch_size: int = 16):
+        self.model_path = Path(model_path)
+        self.family = family_for_checkpoint(self.model_path)
+        self.device = device
+        self.max_batch_size = max_batch_size
+        self.model: Any = None
+        self.processor: Any = None
+        self._eos: tuple[int, ...] = ()
+        self._max_len = 0
+        self._pending: collections.deque[_Request] = collections.deque()
+        self._running: list[_Sequence] = []
+        self._batch: _Batch | None = None
+        self._aborted: set[str] = set()
+        self._lock = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def max_model_len(self) -> int:
+        """The language model's ``max_position_embeddings``."""
+        return self._max_len
+
+    async def start(self) -> None:
+        """Load the model in a thread, then start the worker."""
+        self.model, self.processor = await asyncio.to_thread(
+            self.family.load, self.model_path, self.device
+        )
+        text_config = self.model.config.get_text_config()
+        self._max_len = int(text_config.max_position_embeddings)
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if eos is not None else self.processor.tokenizer.eos_token_id
+        self._eos = tuple(eos) if isinstance(eos, list) else (int(eos),)
+        self._thread = threading.Thread(target=self._work, name="transformers-engine", daemon=True)
+        self._thread.start()
+        logger.info("loaded %s (%s family) on %s", self.model_path, self.family.name, self.device)
+
+    async def shutdown(self) -> None:
+        """Stop the worker; requests still running end with ``abort``."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10)
+
+    def check(self, request: EngineRequest) -> None:
+        """Refuse what this engine does not implement, before any work is done."""
+        options = request.sampling
+        if options.logprobs or options.top_logprobs:
+            raise BadRequestError(
+                "logprobs are not supported by the transformers engine; use --engine vllm.",
+                param="logprobs",
+            )
+        if options.response_format and options.response_format.get("type") != "text":
+            raise BadRequestError(
+                "response_format other than text is not supported by the transformers engine; "
+                "use --engine vllm.",
+                param="response_format",
+            )
+        knobs = {repr(self.family.processor_kwargs(i.detail)) for i in request.images}
+        if len(knobs) > 1:
+            raise BadRequestError(
+                f"Images in one request must share one detail level for {self.family.name} "
+                "models on the transformers engine.",
+                param="messages",
+            )
+
+    async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
+        """Preprocess off the loop, queue for the worker, and stream its outputs."""
+        inputs = await asyncio.to_thread(self._preprocess, request)
+        prompt_tokens = int(inputs["input_ids"].shape[1])
+        if prompt_tokens + request.sampling.max_tokens > self._max_len:
+            raise BadRequestError(
+                f"This model's maximum context length is {self._max_len} tokens. However, you "
+                f"requested {prompt_tokens + request.sampling.max_tokens} tokens ({prompt_tokens} "
+                f"in the messages, {request.sampling.max_tokens} in the completion).",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        item = _Request(
+            request,
+            inputs,
+            prompt_tokens,
+            asyncio.Queue(),
+            asyncio.get_running_loop(),
+            new_generator(request.sampling.seed),
+        )
+        with self._lock:
+            self._pending.append(item)
+            self._lock.notify()
+        ended = 0
+        try:
+            while ended < request.sampling.n:
+                output = await item.queue.get()
+                if isinstance(output, BaseException):
+                    raise output
+                ended += sum(1 for d in output.deltas if d.finish_reason)
+                yield output
+        finally:
+            if ended < request.sampling.n:
+                await self.abort(request.request_id)
+
+    async def abort(self, request_id: str) -> None:
+        """Mark the request; the worker drops it before its next step."""
+        with self._lock:
+            self._aborted.add(request_id)
+            self._lock.notify()
+
+    def stats(self) -> EngineStats:
+        """Requests decoding now, and requests queued for a prefill."""
+        with self._lock:
+            running = len({id(s.owner) for s in self._running})
+            return EngineStats(running=running, waiting=len(self._pending))
+
+    # -- the worker thread --------------------------------------------------------------------
+
+    def _preprocess(self, request: EngineRequest) -> dict[str, Any]:
+        prompt = self.processor.apply_chat_template(
+            request.messages, tokenize=False, add_generation_prompt=True
+        )
+        images = [self.family.prepare_image(i.image, i.detail) for i in request.images]
+        kwargs = self.family.processor_kwargs(request.images[0].detail) if images else {}
+        inputs = self.processor(text=prompt, images=images or None, return_tensors="pt", **kwargs)
+        return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in inputs.items()}
+
+    def _work(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            admitted = self._next_batch()
+            if admitted is None:
+                return
+            for item in admitted:
+                self._prefill(item)
+            if self._running:
+                self._decode_step()
+
+    def _next_batch(self) -> list[_Request] | None:
+        """Drop aborted work, then take the waiting requests that fit (None: shut down)."""
+        with self._lock:
+            while not self._stopping and not self._pending and not self._running:
+                self._lock.wait()
+            if self._stopping:
+                owners = {id(s.owner): s.owner for s in self._running}
+                owners.update((id(p), p) for p in self._pending)
+                for owner in owners.values():
+                    owner.send(OverloadedError("The server is shutting down."))
+                return None
+            if self._aborted:
+                for request_id in self._aborted:
+                    logger.debug("dropped by abort", extra=for_request(request_id))
+                self._pending = collections.deque(
+                    p for p in self._pending if p.request.request_id not in self._aborted
+                )
+                self._running = [
+                    s for s in self._running if s.owner.request.request_id not in self._aborted
+                ]
+                self._aborted.clear()
+            admitted: list[_Request] = []
+            room = self.max_batch_size - len(self._running)
+            while self._pending and (
+                room >= self._pending[0].request.sampling.n or not admitted and not self._running
+            ):
+                item = self._pending.popleft()
+                room -= item.request.sampling.n
+                admitted.append(item)
+            return admitted
+
+    def _prefill(self, item: _Request) -> None:
+        request_id = item.request.request_id
+        logger.debug("prefill: %d prompt tokens", item.prompt_tokens, extra=for_request(request_id))
+        try:
+            out = self.model(**item.inputs, use_cache=True)
+        except Exception as exc:  # a bad input must fail its own request, not the worker
+            logger.exception("prefill failed", extra=for_request(request_id))
+            item.send(exc)
+            return
+        kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        logits = out.logits[0, -1]
+        options = item.request.sampling
+        sequences = []
+        for index in range(options.n):
+            text = TextStream(self.processor.tokenizer, options.stop)
+            seq = _Sequence(item, index, kv, -1, text, item.prompt_tokens)
+            seq.next_token = sample(
+                adjust_logits(logits, options, [], self._eos), options, item.generator
+            )
+            sequences.append(seq)
+        output = self._advance(sequences, item.prompt_tokens)
+        with self._lock:
+            self._running.extend(s for s in sequences if not self._done(s))
+        item.send(output)
+
+    def _decode_step(self) -> None:
+        seqs = list(self._running)
+        batch = self._batch
+        if batch is None or [id(s) for s in batch.seqs] != [id(s) for s in seqs]:
+            if batch is not None:
+                batch.unpack()
+            batch = self._batch = _Batch.pack(seqs, self.device)
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(seqs), 1)], dim=1)
+        out = self.model(
+            input_ids=torch.tensor([[s.next_token] for s in seqs], device=self.device),
+            attention_mask=batch.mask,
+            position_ids=torch.tensor([[s.length] for s in seqs], device=self.device),
+            past_key_values=batch.cache,
+            use_cache=True,
+        )
+        batch.cache = out.past_key_values
+        for row, seq in enumerate(seqs):
+            seq.length += 1
+            options = seq.owner.request.sampling
+            logits = adjust_logits(out.logits[row, -1], options, seq.generated, self._eos)
+            seq.next_token = sample(logits, options, seq.owner.generator)
+        self._advance_all(seqs)
+
+    def _advance_all(self, seqs: list[_Sequence]) -> None:
+        """Emit each request's new tokens, then keep only unfinished sequences."""
+        by_owner: dict[int, list[_Sequence]] = {}
+        for seq in seqs:
+            by_owner.setdefault(id(seq.owner), []).append(seq)
+        outputs = [
+            (g[0].owner, self._advance(g, g[0].owner.prompt_tokens)) for g in by_owner.values()
+        ]
+        with self._lock:
+            self._running = [s for s in self._running if not self._done(s)]
+        for owner, output in outputs:
+            # Every running sequence is in this step, so all done here means the request is.
+            if all(self._done(s) for s in by_owner[id(owner)]):
+                logger.debug("finished", extra=for_request(owner.request.request_id))
+            owner.send(output)
+
+    def _advance(self, group: list[_Sequence], prompt_tokens: int) -> EngineOutput:
+        """Commit each sequence's sampled token into the request's next output.
+
+        A finished sequence gets ``next_token = -1``; otherwise ``next_token`` is the input of its
+        next decode step.
+        """
+        deltas = []
+        for seq in group:
+            options = seq.owner.request.sampling
+            seq.generated.append(seq.next_token)
+            reason: FinishReason | None = None
+            if seq.next_token in self._eos and not options.ignore_eos:
+                text, reason = seq.text.flush(), "stop"
+            else:
+                text = seq.text.add(seq.next_token)
+                if seq.text.stopped:
+                    reason = "stop"
+                elif len(seq.generated) >= options.max_tokens:
+                    text, reason = text + seq.text.flush(), "length"
+            if reason:
+                seq.next_token = -1
+            deltas.append(ChoiceDelta(seq.index, text, 1, reason))
+        return EngineOutput(prompt_tokens, deltas)
+
+    @staticmethod
+    def _done(seq: _Sequence) -> bool:
+        return seq.next_token == -1

@@ -36,6 +36,8 @@ from vlmserve.api.protocol import (
 from vlmserve.config import Settings
 from vlmserve.engine.base import Engine
 from vlmserve.logs import request_id_var
+from vlmserve.state.limits import SharedRateLimiter
+from vlmserve.state.link import RedisLink
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +62,12 @@ class ServerState:
         self.created = now()
         self.admission = Admission(settings.max_queued_requests)
         self.keys = KeyChecker(load_api_keys(settings))
-        self.limiter = RateLimiter(
-            settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute
+        self.link = RedisLink.from_settings(settings)
+        self.limiter = SharedRateLimiter(
+            RateLimiter(
+                settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute
+            ),
+            self.link,
         )
         #: Called when the model cannot be loaded (the CLI stops the server).
         self.on_fatal: Callable[[BaseException], None] = lambda exc: None
@@ -156,9 +162,9 @@ def _caller(request: Request, credentials: Credentials) -> str:
 Caller = Annotated[str, Depends(_caller)]
 
 
-def _admitted_caller(request: Request, who: Caller) -> str:
+async def _admitted_caller(request: Request, who: Caller) -> str:
     """The caller, once its rate limits admit one more request (else 429)."""
-    request.app.state.vlm.limiter.admit(who)
+    await request.app.state.vlm.limiter.admit(who)
     return who
 
 
@@ -193,6 +199,9 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
         loader.cancel()
         state.ready = False
         await engine.shutdown()
+        await state.limiter.settle()
+        if state.link is not None:
+            await state.link.close()
 
     app = FastAPI(title="vlmserve", version="0.1.0", lifespan=lifespan)
     app.state.vlm = state

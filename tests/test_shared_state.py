@@ -75,7 +75,7 @@ def test_redis_outage_falls_back_to_local_limits(
 
 # -- two real replicas ---------------------------------------------------------------------------
 
-KEYS = ("sk-a", "sk-b")
+KEYS = ("sk-a", "sk-b", "sk-cache")
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +129,15 @@ def chat(
     return httpx.post(f"{server.base_url}/chat/completions", json=body, headers=headers, timeout=60)
 
 
+def test_a_hit_on_one_replica_is_a_hit_on_the_other(replicas: list[ServerProcess]) -> None:
+    one, two = replicas
+    first = chat(one, "sk-cache", temperature=0, seed=5)
+    assert first.headers["x-vlmserve-cache"] == "miss"
+    second = chat(two, "sk-cache", temperature=0, seed=5)
+    assert second.headers["x-vlmserve-cache"] == "hit"
+    assert second.json()["choices"] == first.json()["choices"]
+
+
 def test_replicas_enforce_one_rate_limit_per_key(
     replicas: list[ServerProcess], shared_redis: RedisServer
 ) -> None:
@@ -145,9 +154,13 @@ def test_replicas_enforce_one_rate_limit_per_key(
     assert chat(two, "sk-b").status_code == 200
 
     shared_redis.stop()
-    statuses = [chat(server, key).status_code for server in replicas for key in KEYS]
+    statuses = [chat(server, key).status_code for server in replicas for key in KEYS[:2]]
     # Per-process budgets now: fresh local buckets admit, and nothing fails with a 5xx.
     assert all(status in (200, 429) for status in statuses), statuses
     assert 200 in statuses
     for server in replicas:
         assert "Redis unreachable" in server.log()
+    # The cache falls back to memory too: a repeat on one replica is a hit there.
+    for _ in range(2):
+        cached = chat(one, "sk-cache", temperature=0, seed=6)
+    assert cached.status_code == 200 and cached.headers["x-vlmserve-cache"] == "hit"

@@ -33,6 +33,7 @@ from vlmserve.api.protocol import (
     ModelList,
     now,
 )
+from vlmserve.cache.lookup import ResponseCache, engine_request_key
 from vlmserve.config import Settings
 from vlmserve.engine.base import Engine
 from vlmserve.logs import request_id_var
@@ -63,6 +64,7 @@ class ServerState:
         self.admission = Admission(settings.max_queued_requests)
         self.keys = KeyChecker(load_api_keys(settings))
         self.link = RedisLink.from_settings(settings)
+        self.cache = ResponseCache(settings, self.link, self.metrics.registry)
         self.limiter = SharedRateLimiter(
             RateLimiter(
                 settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute
@@ -142,8 +144,8 @@ class EventStreamResponse(StreamingResponse):
     the engine request at once when the client goes away mid-stream.
     """
 
-    def __init__(self, events: AsyncIterator[str]) -> None:
-        super().__init__(events, media_type="text/event-stream")
+    def __init__(self, events: AsyncIterator[str], headers: dict[str, str] | None = None) -> None:
+        super().__init__(events, media_type="text/event-stream", headers=headers)
         self._events = events
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -224,15 +226,26 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
         charge = functools.partial(state.limiter.charge, who)
         async with deadline_scope(deadline):
             engine_request = await handler.build(body, request_id_var.get())
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        key = engine_request_key(model_id, engine_request)
+        cached = await state.cache.lookup(key, request.headers.get("cache-control"))
+        if cached.answer is not None:
+            return cached.replay(body.stream, include_usage)
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            # Usage always: the cache stores it; record_stream drops it unless asked for.
             events = await with_cancellation(
-                request, handler.open_stream(engine_request, include_usage, deadline, charge)
+                request, handler.open_stream(engine_request, True, deadline, charge)
             )
             if isinstance(events, Response):
                 return events
-            return EventStreamResponse(events)
-        return await with_cancellation(request, handler.complete(engine_request, deadline, charge))
+            return EventStreamResponse(cached.record_stream(events, include_usage), cached.headers)
+        result = await with_cancellation(
+            request, handler.complete(engine_request, deadline, charge)
+        )
+        if isinstance(result, ChatCompletion):
+            await cached.record(result.model_dump())
+            return JSONResponse(result.model_dump(), headers=cached.headers)
+        return result
 
     @app.get("/v1/models", response_model=ModelList, responses=_ERRORS)
     async def list_models(_: Caller) -> ModelList:

@@ -46,16 +46,17 @@ class CacheLookup:
         """The response header naming the outcome."""
         return {CACHE_HEADER: self.status}
 
-    def replay(self, stream: bool, include_usage: bool) -> Response:
-        """The cached answer, whole or as a stream."""
+    def replay(
+        self, stream: bool, include_usage: bool, headers: dict[str, str] | None = None
+    ) -> Response:
+        """The cached answer, whole or as a stream (with ``headers`` besides the cache's)."""
         assert self.answer is not None
+        headers = {**self.headers, **(headers or {})}
         if stream:
             return StreamingResponse(
-                self.answer.events(include_usage),
-                media_type="text/event-stream",
-                headers=self.headers,
+                self.answer.events(include_usage), media_type="text/event-stream", headers=headers
             )
-        return JSONResponse(self.answer.completion().model_dump(), headers=self.headers)
+        return JSONResponse(self.answer.completion().model_dump(), headers=headers)
 
     async def record(self, completion: dict[str, Any]) -> None:
         """Store a whole answer (a chat completion dict) if this request may be stored."""

@@ -22,7 +22,7 @@ import litellm  # noqa: E402
 import openai  # noqa: E402
 from openai.types.chat.completion_create_params import CompletionCreateParamsBase  # noqa: E402
 
-from vlmserve.api.errors import APIError, OverloadedError, RateLimitError  # noqa: E402
+from vlmserve.api.errors import APIError, OverloadedError  # noqa: E402
 from vlmserve.router.config import Backend, RouterConfig  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -115,7 +115,9 @@ class Backends:
         status = getattr(exc, "status_code", None)
         logger.warning("model %s: %s (%s)", backend.model, type(exc).__name__, str(exc)[:300])
         if isinstance(status, int) and 400 <= status < 500 and status != 408:
-            return _passed_through(exc, status)
+            error = _passed_through(exc, status)
+            error.routed_to = backend.model
+            return error
         return OverloadedError(
             f"No backend could answer for '{backend.model}' now: it and its fallbacks are "
             "failing or overloaded.",
@@ -131,7 +133,23 @@ class Backends:
         }
 
 
-def _passed_through(exc: openai.APIError, status: int) -> APIError:
+class BackendError(APIError):
+    """A backend's own 4xx answer, passed on with its status and fields."""
+
+    def __init__(self, status: int, error_type: str, message: str, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.status_code = status
+        self.error_type = error_type
+        #: The backend the request was routed to (``auto``'s choice, before any fallback).
+        self.routed_to: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        """``Retry-After`` as the backend gave it, and the backend's name."""
+        routed = {"X-Vlmserve-Backend": self.routed_to} if self.routed_to else {}
+        return {**super().headers(), **routed}
+
+
+def _passed_through(exc: openai.APIError, status: int) -> BackendError:
     """A backend's 4xx error with its own fields when it sent OpenAI's shape."""
     detail: dict[str, Any] = {}
     response = getattr(exc, "response", None)
@@ -139,12 +157,15 @@ def _passed_through(exc: openai.APIError, status: int) -> APIError:
         detail = response.json()["error"] if response is not None else {}
     except (ValueError, KeyError, TypeError):
         detail = {}
-    message = str(detail.get("message") or exc.message).split("\nLiteLLM:")[0]
-    kind: type[APIError] = RateLimitError if status == 429 else APIError
-    error = kind(message, param=detail.get("param"), code=detail.get("code"))
-    error.status_code = status
-    error.error_type = str(detail.get("type") or "invalid_request_error")
+    retry_after = None
     if status == 429:
-        retry = response.headers.get("retry-after") if response is not None else None
-        error.retry_after = float(retry) if retry and retry.isdigit() else 1.0
-    return error
+        given = response.headers.get("retry-after", "") if response is not None else ""
+        retry_after = float(given) if given.isdigit() else 1.0
+    return BackendError(
+        status,
+        str(detail.get("type") or "invalid_request_error"),
+        str(detail.get("message") or exc.message).split("\nLiteLLM:")[0],
+        param=detail.get("param"),
+        code=detail.get("code"),
+        retry_after=retry_after,
+    )

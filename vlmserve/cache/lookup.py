@@ -78,6 +78,10 @@ class CacheLookup:
         whole: dict[str, Any] = {"choices": [{"message": {}, "finish_reason": None}]}
         try:
             async for event in events:
+                # Parse only what must be read: every event when storing, else the usage chunk.
+                if not self.write and (include_usage or '"usage"' not in event):
+                    yield event
+                    continue
                 payload = _payload(event)
                 if payload is not None and self.write:
                     _fold(whole, payload, text)

@@ -107,13 +107,14 @@ def resolve_sampling(
     room = max_model_len - prompt_tokens
     wanted = options.max_tokens
     max_tokens = min(limits.default_max_tokens, room) if wanted is None else wanted
-    if max_tokens < 1 or max_tokens > room:
-        asked = prompt_tokens + (wanted or 1)
+    if room < 1 or max_tokens > room:
+        # Sizes the engine itself refuses (max_tokens 0) are left to it, named by their field.
+        completion = max(max_tokens, 1)
         raise RequestRejected(
             f"This model's maximum context length is {max_model_len} tokens. However, you "
-            f"requested {asked} tokens ({prompt_tokens} in the {request.input_param}, "
-            f"{wanted or 1} in the completion). Please reduce the length of the "
-            f"{request.input_param} or completion.",
+            f"requested {prompt_tokens + completion} tokens ({prompt_tokens} in the "
+            f"{request.input_param}, {completion} in the completion). Please reduce the length "
+            f"of the {request.input_param} or completion.",
             param=request.input_param,
             code="context_length_exceeded",
         )

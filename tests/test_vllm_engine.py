@@ -9,7 +9,9 @@ uses), and validates sampling parameters as it does when a request arrives. Only
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -278,6 +280,90 @@ def test_prompt_longer_than_the_context_is_a_bad_request(vllm_mod: Any, vllm_set
     with pytest.raises(RequestRejected) as err:
         asyncio.run(vllm_mod.render_request(renderer, get_family("llava"), request))
     assert err.value.param == "messages"
+
+
+# -- the prepare step: one rendering, the engine's limits, checkpoint defaults -----------------
+
+
+@pytest.fixture(scope="module")
+def sampling_llava(vllm_mod: Any, tiny_vllm_model: Callable[[str], Path], tmp_path_factory: Any):  # type: ignore[no-untyped-def]
+    """A tiny LLaVA with sampling defaults in generation_config.json, configured as a plan
+    would start it on a small GPU: one image per prompt, below the setting's four."""
+    from vllm.renderers import renderer_from_config
+
+    path = tmp_path_factory.mktemp("sampling") / "llava"
+    shutil.copytree(tiny_vllm_model("llava"), path)
+    defaults = {"temperature": 0.6, "top_p": 0.9, "top_k": 20, "repetition_penalty": 1.05}
+    (path / "generation_config.json").write_text(json.dumps(defaults))
+    settings = Settings(max_images_per_request=4, default_max_tokens=5000)
+    plan = {"max_model_len": 2048, "limit_mm_per_prompt": {"image": 1}}
+    args = vllm_mod.engine_args_from_settings(settings, path, plan)
+    config = vllm_mod.build_vllm_config(args)
+    limits = vllm_mod.engine_limits(RequestLimits.from_settings(settings), args)
+    return config, renderer_from_config(config), limits
+
+
+def prepare(vllm_mod: Any, setup: Any, request: EngineRequest) -> Any:
+    config, renderer, limits = setup
+    return asyncio.run(
+        vllm_mod.prepare_request(
+            renderer,
+            config,
+            get_family("llava"),
+            request,
+            limits=limits,
+            defaults=vllm_mod.sampling_defaults(config),
+        )
+    )
+
+
+def test_prepare_fills_checkpoint_defaults_and_caps_max_tokens(
+    vllm_mod: Any, sampling_llava: Any
+) -> None:
+    request = chat([ImageInput(image(), "high")])
+    request.sampling = SamplingOptions()
+    prepared = prepare(vllm_mod, sampling_llava, request)
+    ids = prepared.inputs["prompt_token_ids"]
+    assert prepared.prompt_tokens == len(ids) > prepared.image_tokens == 576
+    # The default (5000) does not fit: the request gets what the 2048-token context leaves.
+    assert prepared.sampling.max_tokens == 2048 - len(ids)
+    params = vllm_mod.sampling_params(prepared.sampling)
+    assert (params.temperature, params.top_p, params.top_k) == (0.6, 0.9, 20)
+    assert params.repetition_penalty == 1.05
+    request.sampling = SamplingOptions(temperature=0.3, top_k=5, max_tokens=7)
+    params = vllm_mod.sampling_params(prepare(vllm_mod, sampling_llava, request).sampling)
+    assert (params.temperature, params.top_k, params.max_tokens, params.top_p) == (0.3, 5, 7, 0.9)
+
+
+def test_prepare_refuses_an_explicit_max_tokens_over_the_context(
+    vllm_mod: Any, sampling_llava: Any
+) -> None:
+    request = chat([ImageInput(image(), "high")])
+    request.sampling = SamplingOptions(max_tokens=2000)
+    with pytest.raises(RequestRejected) as err:
+        prepare(vllm_mod, sampling_llava, request)
+    assert (err.value.param, err.value.code) == ("messages", "context_length_exceeded")
+    assert "maximum context length is 2048 tokens" in err.value.message
+
+
+def test_prepare_enforces_the_image_limit_vllm_runs_with(
+    vllm_mod: Any, sampling_llava: Any
+) -> None:
+    config, _, limits = sampling_llava
+    assert limits.max_images == 1
+    assert config.model_config.multimodal_config.get_limit_per_prompt("image") == 1
+    two = chat([ImageInput(image(), "high"), ImageInput(image(), "high")])
+    with pytest.raises(RequestRejected) as err:
+        prepare(vllm_mod, sampling_llava, two)
+    assert (err.value.param, err.value.code) == ("messages", "too_many_images")
+
+
+def test_prepare_renders_a_plain_prompt(vllm_mod: Any, sampling_llava: Any) -> None:
+    request = EngineRequest("p", SamplingOptions(max_tokens=3), prompt="USER: hello\nASSISTANT:")
+    prepared = prepare(vllm_mod, sampling_llava, request)
+    tokenizer = sampling_llava[1].tokenizer
+    assert prepared.inputs["prompt_token_ids"] == tokenizer.encode("USER: hello\nASSISTANT:")
+    assert (prepared.image_tokens, prepared.sampling.max_tokens) == (0, 3)
 
 
 # -- sampling parameters ------------------------------------------------------------------------

@@ -205,13 +205,18 @@ class Settings(BaseSettings):
     )
 
 
+def vllm_setting_names(*, planned: bool) -> tuple[str, ...]:
+    """The settings marked as vLLM engine arguments, planned or direct (see :class:`VllmArg`)."""
+    return tuple(
+        name for name, info in Settings.model_fields.items() if VllmArg(planned) in info.metadata
+    )
+
+
 def vllm_args(settings: Settings, *, planned: bool) -> dict[str, Any]:
-    """The vLLM engine arguments the operator set (values other than the field's default),
-    among the planned settings or the direct ones (see :class:`VllmArg`)."""
-    found = {}
-    for name, info in Settings.model_fields.items():
-        marks = [m for m in info.metadata if isinstance(m, VllmArg)]
-        value = getattr(settings, name)
-        if marks and marks[0].planned == planned and value != info.default:
-            found[name] = value
-    return found
+    """The vLLM engine arguments the operator set (values other than the field's default)."""
+    fields = Settings.model_fields
+    return {
+        name: getattr(settings, name)
+        for name in vllm_setting_names(planned=planned)
+        if getattr(settings, name) != fields[name].default
+    }

@@ -122,7 +122,7 @@ class ChatHandler:
         self.settings = settings
         self.model_id = model_id
         self.metrics = metrics
-        self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+        self.image_limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
         self.media = MediaFetcher(MediaPolicy.from_settings(settings))
 
     async def prepare(self, body: ChatCompletionRequest, request_id: str) -> PreparedRequest:
@@ -163,7 +163,7 @@ class ChatHandler:
             out.append({"role": role, "content": parts})
         check_image_count(len(pending), self.engine.limits)
         decoded = await _gather_or_cancel(
-            [load_image(url, param, self.limits, self.media) for url, _, param in pending]
+            [load_image(url, param, self.image_limits, self.media) for url, _, param in pending]
         )
         self.metrics.images.inc(len(decoded))
         images = [

@@ -290,3 +290,15 @@ def test_plans_turn_on_vllms_prefix_and_image_caches() -> None:
         sizes[name] = args["mm_processor_cache_gb"]
     # InternVL-2's tiles make its images several times larger than LLaVA-1.5's.
     assert sizes["internvl2-8b"] >= sizes["llava-1.5-7b"]
+
+
+def test_every_planned_vllm_setting_is_an_override() -> None:
+    """A setting marked PLANNED in config.py that the planner does not take fails here."""
+    from vlmserve.config import vllm_setting_names
+
+    names = vllm_setting_names(planned=True)
+    assert {f.name for f in dataclasses.fields(Overrides)} == set(names)
+    assert "gpu_memory_utilization" in names and "load_format" not in names
+    assert vllm_setting_names(planned=False) == ("load_format",)
+    values = {"dtype": "float16", "max_num_seqs": 8, "gpu_memory_utilization": 0.5}
+    assert Overrides.from_settings(Settings(**values)).given() == values

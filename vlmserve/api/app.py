@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vlmserve.api.access import KeyChecker, RateLimiter, load_api_keys
 from vlmserve.api.admission import Admission, AdmissionMiddleware
+from vlmserve.api.body_limit import BodyLimitMiddleware
 from vlmserve.api.chat import ChatHandler, deadline_scope
 from vlmserve.api.errors import OverloadedError, error_response, install_error_handlers
 from vlmserve.api.metrics import Metrics
@@ -44,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 CHAT_PATH = "/v1/chat/completions"
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 429, 500, 503, 504)
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 500, 503, 504)
 }
 _bearer = HTTPBearer(auto_error=False, description="One of the server's API keys, if it has any.")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
@@ -209,6 +210,7 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
     app.state.vlm = state
     install_error_handlers(app)
     app.add_middleware(AdmissionMiddleware, admission=state.admission, path=CHAT_PATH)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.request_body_limit())
     app.add_middleware(RequestIdMiddleware, metrics=state.metrics)
 
     def ready_state() -> ServerState:
@@ -225,23 +227,21 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
         deadline = asyncio.get_running_loop().time() + settings.request_timeout_seconds
         charge = functools.partial(state.limiter.charge, who)
         async with deadline_scope(deadline):
-            engine_request = await handler.build(body, request_id_var.get())
+            prepared = await handler.prepare(body, request_id_var.get())
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        key = engine_request_key(model_id, engine_request)
+        key = engine_request_key(model_id, prepared)
         cached = await state.cache.lookup(key, request.headers.get("cache-control"))
         if cached.answer is not None:
             return cached.replay(body.stream, include_usage)
         if body.stream:
             # Usage always: the cache stores it; record_stream drops it unless asked for.
             events = await with_cancellation(
-                request, handler.open_stream(engine_request, True, deadline, charge)
+                request, handler.open_stream(prepared, True, deadline, charge)
             )
             if isinstance(events, Response):
                 return events
             return EventStreamResponse(cached.record_stream(events, include_usage), cached.headers)
-        result = await with_cancellation(
-            request, handler.complete(engine_request, deadline, charge)
-        )
+        result = await with_cancellation(request, handler.complete(prepared, deadline, charge))
         if isinstance(result, ChatCompletion):
             await cached.record(result.model_dump())
             return JSONResponse(result.model_dump(), headers=cached.headers)

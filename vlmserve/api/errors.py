@@ -1,6 +1,7 @@
 """Typed API errors and the one mapping from every failure to OpenAI's error shape.
 
-Handlers raise these exceptions; :func:`install_error_handlers` turns them, FastAPI's validation
+Handlers raise these exceptions; engines raise :mod:`vlmserve.engine.errors`, which
+:func:`as_api_error` maps to these. :func:`install_error_handlers` turns them, FastAPI's validation
 errors, unknown routes and anything unexpected into ``{"error": {"message", "type", "param",
 "code"}}`` with the right status. Unexpected exceptions answer a generic message; the detail goes
 to the log only.
@@ -8,6 +9,7 @@ to the log only.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from typing import Any
@@ -16,6 +18,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
+
+from vlmserve.engine.errors import EngineError, EngineFailed, EngineStopping, RequestRejected
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +108,31 @@ class RequestTimeoutError(APIError):
     default_code = "timeout"
 
 
+class PayloadTooLargeError(APIError):
+    """The request body is over the server's limit (413); the connection is closed after it."""
+
+    status_code = 413
+    error_type = "invalid_request_error"
+    default_code = "request_too_large"
+
+    def headers(self) -> dict[str, str]:
+        """``Connection: close``: the rest of the body is never read, so the connection ends."""
+        return {"Connection": "close"}
+
+
 class InternalError(APIError):
     """Something failed inside the server; the message stays generic (500)."""
+
+
+def as_api_error(exc: EngineError) -> APIError:
+    """The API error for an engine's error: the one place engine failures get HTTP statuses."""
+    kinds: dict[type[EngineError], type[APIError]] = {
+        RequestRejected: BadRequestError,
+        EngineStopping: OverloadedError,
+        EngineFailed: InternalError,
+    }
+    kind = next((k for t, k in kinds.items() if isinstance(exc, t)), InternalError)
+    return kind(exc.message, param=exc.param, code=exc.code)
 
 
 def error_body(
@@ -131,6 +159,15 @@ def error_response(error: APIError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers())
 
 
+async def send_error(send: Send, error: APIError) -> None:
+    """Answer ``error`` straight through ASGI ``send``, for middleware outside FastAPI."""
+    body = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers().items()]
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def _first_validation_error(exc: RequestValidationError) -> BadRequestError:
     errors = exc.errors()
     if not errors:
@@ -151,6 +188,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return error_response(exc)
+
+    @app.exception_handler(EngineError)
+    async def _engine_error(_: Request, exc: EngineError) -> JSONResponse:
+        return error_response(as_api_error(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -22,7 +22,7 @@ from vlmserve.cache.answer import CachedAnswer
 from vlmserve.cache.keys import image_digest, is_deterministic, request_key
 from vlmserve.cache.store import AnswerStore, CacheMetrics
 from vlmserve.config import Settings
-from vlmserve.engine.base import EngineRequest
+from vlmserve.engine.base import PreparedRequest
 from vlmserve.state.link import RedisLink
 
 logger = logging.getLogger(__name__)
@@ -150,13 +150,16 @@ class ResponseCache:
         return CacheLookup("miss", key, None, self.store, True)
 
 
-def engine_request_key(model_id: str, request: EngineRequest) -> str | None:
-    """The cache key of a validated request; None when it is not deterministic or wants logprobs."""
-    sampling = request.sampling
-    if not is_deterministic(sampling.temperature, sampling.seed, sampling.n) or sampling.logprobs:
+def engine_request_key(model_id: str, prepared: PreparedRequest) -> str | None:
+    """The cache key of a prepared request (sampling as resolved with the checkpoint's defaults);
+    None when it is not deterministic or wants logprobs."""
+    sampling, request = prepared.sampling, prepared.request
+    options = sampling.options
+    if not is_deterministic(sampling.temperature, options.seed, options.n) or options.logprobs:
         return None
     canonical = {
         "messages": request.messages,
+        "prompt": request.prompt,
         "details": [image.detail for image in request.images],
         "sampling": dataclasses.asdict(sampling),
     }

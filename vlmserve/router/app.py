@@ -25,8 +25,9 @@ from vlmserve.cache.answer import sse
 from vlmserve.cache.keys import image_digest, is_deterministic, request_key
 from vlmserve.cache.lookup import ResponseCache
 from vlmserve.config import Settings
-from vlmserve.images.decode import ImageLimits, load_image
+from vlmserve.images.decode import ImageLimits
 from vlmserve.images.fetch import MediaFetcher, MediaPolicy
+from vlmserve.images.pipeline import ImagePipeline, ImageRef
 from vlmserve.router import auto
 from vlmserve.router.backends import Backends
 from vlmserve.router.config import Backend, RouterConfig
@@ -51,8 +52,12 @@ class RouterState:
         self.stats = RouterStats(config, self.registry)
         self.link = RedisLink.from_settings(settings)
         self.cache = ResponseCache(settings, self.link, self.registry, "vlmserve_router")
-        self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
-        self.media = MediaFetcher(MediaPolicy.from_settings(settings))
+        # No model family here: images are only decoded to be hashed for cache keys.
+        self.images = ImagePipeline(
+            ImageLimits.from_settings(settings),
+            MediaFetcher(MediaPolicy.from_settings(settings)),
+            None,
+        )
         self.created = now()
 
     def backend_for(self, body: dict[str, Any]) -> Backend:
@@ -85,7 +90,7 @@ class RouterState:
             if isinstance(part, dict) and part.get("type") == "image_url"
         ]
         try:
-            images = [await load_image(u, "image_url", self.limits, self.media) for u in urls]
+            images = await self.images.load([ImageRef(u, "auto", "image_url") for u in urls])
         except APIError:
             return None  # the backend will say what is wrong with the image
         digests = [image_digest(image) for image in images]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from vlmserve.models.catalog import CATALOG, get_model
 
 if TYPE_CHECKING:
-    from vlmserve.planner.planner import Plan
+    from vlmserve.planner.plan import Plan
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     """Print the plan; exit 1 when it does not fit, 2 when there is no GPU to plan for."""
     from vlmserve.config import Settings
     from vlmserve.planner.gpus import gpus_to_plan_for
-    from vlmserve.planner.planner import Overrides, Workload, plan_model
+    from vlmserve.planner.plan import Overrides, Workload
+    from vlmserve.planner.planner import plan_model
 
     settings = Settings()
     spec = args.gpu or settings.gpu

@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from tests.conftest import FAMILIES
 from tests.helpers import REPO
 
 HEAVY = ("torch", "transformers", "vllm")
@@ -71,3 +74,12 @@ def test_help_lists_every_subcommand_without_importing_them() -> None:
     assert report["code"] == 0
     for name in COMMANDS:
         assert name in stdout
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_plan_of_a_checkpoint_folder_imports_no_ml_framework(
+    family: str, tiny_model: Callable[[str], Path]
+) -> None:
+    report, stdout = run_cli("plan", "--model", str(tiny_model(family)), "--gpu", "A10G")
+    assert report["heavy"] == []
+    assert report["code"] == 0, stdout

@@ -19,7 +19,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 #: Tiny checkpoints are rebuilt when this changes (bump with the builders).
-TINY_VERSION = 2
+TINY_VERSION = 3
 
 
 def tiny_checkpoint(family: str, root: Path) -> Path:
@@ -65,6 +65,8 @@ class ServerProcess:
     port: int
     model: str
     log_path: Path
+    #: The engine ``/health`` reports ("vllm" or "transformers").
+    engine: str = ""
 
     @property
     def url(self) -> str:
@@ -98,7 +100,13 @@ class ServerProcess:
 def start_server(
     args: list[str], log_path: Path, env: dict[str, str] | None = None, timeout: float = 180
 ) -> ServerProcess:
-    """Start ``vlmserve serve ARGS`` and wait until ``/health`` says the model is ready."""
+    """Start ``vlmserve serve ARGS`` and wait until ``/health`` says the model is ready.
+
+    Without ``--engine`` in ``args`` the server runs the transformers engine (``auto`` would pick
+    vLLM's CPU build here, a minute's start-up that most tests do not need).
+    """
+    if "--engine" not in args:
+        args = ["--engine", "transformers", *args]
     port = free_port()
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     log = log_path.open("wb")
@@ -126,7 +134,8 @@ def start_server(
         try:
             health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
             if health.status_code == 200:
-                return ServerProcess(process, port, health.json()["model"], log_path)
+                body = health.json()
+                return ServerProcess(process, port, body["model"], log_path, body.get("engine", ""))
         except httpx.TransportError:
             pass
         time.sleep(0.25)

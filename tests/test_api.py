@@ -119,13 +119,14 @@ def test_demo_server_answers_sdk_with_image(demo_server: ServerProcess) -> None:
 # -- sampling knobs ------------------------------------------------------------------------------
 
 
-def test_seed_makes_output_reproducible(demo_server: ServerProcess) -> None:
-    api = client(demo_server)
+def test_seed_makes_output_reproducible(family_server: tuple[str, ServerProcess]) -> None:
+    _, server = family_server
+    api = client(server)
 
     def answer(seed: int) -> str:
         return (
             api.chat.completions.create(
-                model=demo_server.model,
+                model=server.model,
                 messages=user_message(),
                 max_tokens=16,
                 seed=seed,
@@ -140,10 +141,11 @@ def test_seed_makes_output_reproducible(demo_server: ServerProcess) -> None:
     assert answer(7) != answer(8)
 
 
-def test_n_choices_and_greedy(demo_server: ServerProcess) -> None:
-    api = client(demo_server)
+def test_n_choices_and_greedy(family_server: tuple[str, ServerProcess]) -> None:
+    _, server = family_server
+    api = client(server)
     reply = api.chat.completions.create(
-        model=demo_server.model,
+        model=server.model,
         messages=user_message(),
         max_tokens=6,
         n=3,
@@ -154,7 +156,7 @@ def test_n_choices_and_greedy(demo_server: ServerProcess) -> None:
     assert reply.usage.completion_tokens == 18
     greedy = [
         api.chat.completions.create(
-            model=demo_server.model, messages=user_message(), max_tokens=8, temperature=0
+            model=server.model, messages=user_message(), max_tokens=8, temperature=0
         )
         .choices[0]
         .message.content
@@ -163,11 +165,12 @@ def test_n_choices_and_greedy(demo_server: ServerProcess) -> None:
     assert greedy[0] == greedy[1]
 
 
-def test_stop_string_ends_the_choice(demo_server: ServerProcess) -> None:
-    api = client(demo_server)
+def test_stop_string_ends_the_choice(family_server: tuple[str, ServerProcess]) -> None:
+    _, server = family_server
+    api = client(server)
     full = (
         api.chat.completions.create(
-            model=demo_server.model,
+            model=server.model,
             messages=user_message(),
             max_tokens=40,
             temperature=0,
@@ -178,7 +181,7 @@ def test_stop_string_ends_the_choice(demo_server: ServerProcess) -> None:
     )
     stop = full[len(full) // 2 : len(full) // 2 + 2]
     cut = api.chat.completions.create(
-        model=demo_server.model,
+        model=server.model,
         messages=user_message(),
         max_tokens=40,
         temperature=0,
@@ -277,10 +280,11 @@ def test_every_error_has_openai_shape(
     assert "detail" not in response.text
 
 
-def test_context_overflow_is_a_400(demo_server: ServerProcess) -> None:
+def test_context_overflow_is_a_400(family_server: tuple[str, ServerProcess]) -> None:
+    _, server = family_server
     with pytest.raises(openai.BadRequestError) as err:
-        client(demo_server).chat.completions.create(
-            model=demo_server.model, messages=user_message(), max_tokens=100_000
+        client(server).chat.completions.create(
+            model=server.model, messages=user_message(), max_tokens=100_000
         )
     assert_openai_error(err.value, 400, "messages")
     assert err.value.code == "context_length_exceeded"
@@ -289,10 +293,12 @@ def test_context_overflow_is_a_400(demo_server: ServerProcess) -> None:
 # -- concurrency and cancellation ---------------------------------------------------------------
 
 
-def test_eight_concurrent_streams_all_complete(demo_server: ServerProcess) -> None:
+def test_eight_concurrent_streams_all_complete(family_server: tuple[str, ServerProcess]) -> None:
+    _, server = family_server
+
     async def one(api: openai.AsyncOpenAI, i: int) -> tuple[str, str | None]:
         stream = await api.chat.completions.create(
-            model=demo_server.model,
+            model=server.model,
             messages=user_message(image_data_url(320 + i, 240)),
             max_tokens=24,
             stream=True,
@@ -305,7 +311,7 @@ def test_eight_concurrent_streams_all_complete(demo_server: ServerProcess) -> No
         return text, reason
 
     async def main() -> list[tuple[str, str | None]]:
-        api = openai.AsyncOpenAI(base_url=demo_server.base_url, api_key="x", max_retries=0)
+        api = openai.AsyncOpenAI(base_url=server.base_url, api_key="x", max_retries=0)
         return await asyncio.gather(*(one(api, i) for i in range(8)))
 
     results = asyncio.run(main())
@@ -333,29 +339,35 @@ def long_request(server: ServerProcess, stream: bool) -> dict:
     }
 
 
-def test_disconnect_mid_stream_aborts_the_engine_request(demo_server: ServerProcess) -> None:
+def test_disconnect_mid_stream_aborts_the_engine_request(
+    family_server: tuple[str, ServerProcess],
+) -> None:
+    _, server = family_server
     with httpx.stream(
         "POST",
-        demo_server.base_url + "/chat/completions",
-        json=long_request(demo_server, stream=True),
+        server.base_url + "/chat/completions",
+        json=long_request(server, stream=True),
         timeout=30,
     ) as response:
         lines = response.iter_lines()
         for _ in range(5):
             next(lines)
-        assert demo_server.metric("vlmserve_requests_running") == 1
-    assert wait_for_idle(demo_server) == 0
+        assert server.metric("vlmserve_requests_running") == 1
+    assert wait_for_idle(server) == 0
 
 
-def test_disconnect_while_waiting_aborts_non_streaming(demo_server: ServerProcess) -> None:
+def test_disconnect_while_waiting_aborts_non_streaming(
+    family_server: tuple[str, ServerProcess],
+) -> None:
+    _, server = family_server
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
-            demo_server.base_url + "/chat/completions",
-            json=long_request(demo_server, stream=False),
+            server.base_url + "/chat/completions",
+            json=long_request(server, stream=False),
             timeout=2,
         )
-    assert wait_for_idle(demo_server) == 0
-    assert "client disconnected" in demo_server.log()
+    assert wait_for_idle(server) == 0
+    assert "client disconnected" in server.log()
 
 
 def test_catalogue_name_serves_from_the_hf_cache_offline(tiny_model, tmp_path) -> None:

@@ -57,6 +57,7 @@ _SETTING_OVERRIDES = (
     "max_model_len",
     "max_num_seqs",
     "gpu_memory_utilization",
+    "enforce_eager",
 )
 #: vLLM's finish reasons as OpenAI's; "repetition" is vLLM stopping a looping output.
 _FINISH_REASONS: dict[str, FinishReason] = {
@@ -80,11 +81,19 @@ _MESSAGE_PARAMS = (
 
 
 def engine_args_from_settings(
-    settings: Settings, model_path: str | Path, plan_args: Mapping[str, Any] | None = None
+    settings: Settings,
+    model_path: str | Path,
+    plan_args: Mapping[str, Any] | None = None,
+    *,
+    cpu: bool = False,
 ) -> dict[str, Any]:
     """Keyword arguments for ``AsyncEngineArgs``: the plan's, then the settings' overrides.
 
-    Video is switched off (``limit 0``) so vLLM does not reserve memory for it at start-up.
+    Video is switched off (``limit 0``) so vLLM does not reserve memory for it at start-up. On
+    vLLM's CPU build (``cpu``) the KV cache gets ``cpu_kv_cache_gib``: without a size, vLLM
+    would claim most of the machine's memory. With the size given, vLLM's multimodal memory
+    profiling (the vision encoder run on the largest images at start-up) measures nothing that
+    is used, and it is most of a CPU start-up, so it is skipped there.
     """
     args: dict[str, Any] = {
         "model": str(model_path),
@@ -99,6 +108,9 @@ def engine_args_from_settings(
             args[name] = value
     if settings.load_format != "auto":
         args["load_format"] = settings.load_format
+    if cpu:
+        args["kv_cache_memory_bytes"] = int(settings.cpu_kv_cache_gib * 2**30)
+        args.setdefault("skip_mm_profiling", True)
     return args
 
 

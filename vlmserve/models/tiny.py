@@ -46,10 +46,14 @@ _WORDS = (
 
 
 def _corpus() -> list[str]:
-    """Deterministic English-like lines to train the tiny tokenizer on."""
+    """Deterministic English-like lines to train the tiny tokenizer on, and JSON objects, so
+    that structured output (braces, quotes, digits) can be written with the vocabulary."""
     lines = []
     for a, b, c in itertools.islice(itertools.product(_WORDS, repeat=3), 6000):
         lines.append(f"{a} {b} {c}. {a.capitalize()}, {c}?")
+    for i, (a, b) in enumerate(itertools.islice(itertools.product(_WORDS, repeat=2), 600)):
+        flag = "true" if i % 2 else "false"
+        lines.append(f'{{"{a}": "{b}", "n": {i % 10}, "ok": {flag}, "x": [null]}}')
     return lines
 
 

@@ -33,7 +33,8 @@ def family_engine_params() -> list[object]:
         pytest.param(
             (family, engine),
             id=f"{family}-{engine}",
-            marks=[pytest.mark.slow] if engine == "vllm" else [],
+            # vLLM's start-up counts against the first test's timeout; minutes on a busy machine.
+            marks=[pytest.mark.slow, pytest.mark.timeout(1800)] if engine == "vllm" else [],
         )
         for engine in ENGINES
         for family in FAMILIES

@@ -32,6 +32,21 @@ def tiny_checkpoint(family: str, root: Path) -> Path:
     return path
 
 
+def resaved_by_transformers(checkpoint: Path, out: Path) -> Path:
+    """``checkpoint``'s weights in a model built by transformers from its config and saved with
+    ``save_pretrained``, as a model trained with transformers 5 is saved (for LLaVA, the CLIP tower
+    one level flatter than the hub layout the tiny builders write)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    if not (out / "config.json").exists():
+        loaded = AutoModelForImageTextToText.from_pretrained(checkpoint)
+        model = AutoModelForImageTextToText.from_config(loaded.config)
+        model.load_state_dict(loaded.state_dict())
+        model.save_pretrained(out)
+        AutoProcessor.from_pretrained(checkpoint).save_pretrained(out)
+    return out
+
+
 def hf_cache_snapshot(hf_home: Path, repo_id: str, checkpoint: Path) -> Path:
     """Lay ``checkpoint`` out as the Hugging Face cache keeps a downloaded snapshot."""
     repo_dir = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
@@ -93,7 +108,7 @@ class ServerProcess:
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            os.killpg(self.process.pid, signal.SIGKILL)
             return self.process.wait()
 
 
@@ -126,7 +141,21 @@ def start_server(
         env=full_env,
         stdout=log,
         stderr=subprocess.STDOUT,
+        # Its own process group: a server that never gets ready is killed with its engine
+        # processes (vLLM's engine core and worker), whatever interrupts the wait.
+        start_new_session=True,
     )
+    try:
+        return _wait_until_ready(process, port, log_path, timeout)
+    except BaseException:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        raise
+
+
+def _wait_until_ready(
+    process: subprocess.Popen[bytes], port: int, log_path: Path, timeout: float
+) -> ServerProcess:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -139,5 +168,4 @@ def start_server(
         except httpx.TransportError:
             pass
         time.sleep(0.25)
-    process.kill()
     raise TimeoutError(f"server not ready in {timeout}s:\n{log_path.read_text()}")

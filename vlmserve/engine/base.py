@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from PIL import Image
 
+from vlmserve.api.errors import BadRequestError
+
 Detail = Literal["low", "high", "auto"]
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -137,3 +139,15 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def stats(self) -> EngineStats:
         """How many requests run and wait right now."""
+
+
+def check_context_length(prompt_tokens: int, max_tokens: int, max_len: int) -> None:
+    """Refuse, as OpenAI does, a request whose prompt and completion exceed the context."""
+    if prompt_tokens + max_tokens > max_len:
+        raise BadRequestError(
+            f"This model's maximum context length is {max_len} tokens. However, you "
+            f"requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} "
+            f"in the messages, {max_tokens} in the completion).",
+            param="messages",
+            code="context_length_exceeded",
+        )

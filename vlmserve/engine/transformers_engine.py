@@ -28,6 +28,7 @@ from vlmserve.engine.base import (
     EngineRequest,
     EngineStats,
     FinishReason,
+    check_context_length,
 )
 from vlmserve.engine.sampling import adjust_logits, new_generator, sample
 from vlmserve.engine.text import TextStream
@@ -187,14 +188,7 @@ class TransformersEngine(Engine):
         """Preprocess off the loop, queue for the worker, and stream its outputs."""
         inputs = await asyncio.to_thread(self._preprocess, request)
         prompt_tokens = int(inputs["input_ids"].shape[1])
-        if prompt_tokens + request.sampling.max_tokens > self._max_len:
-            raise BadRequestError(
-                f"This model's maximum context length is {self._max_len} tokens. However, you "
-                f"requested {prompt_tokens + request.sampling.max_tokens} tokens ({prompt_tokens} "
-                f"in the messages, {request.sampling.max_tokens} in the completion).",
-                param="messages",
-                code="context_length_exceeded",
-            )
+        check_context_length(prompt_tokens, request.sampling.max_tokens, self._max_len)
         item = _Request(
             request,
             inputs,

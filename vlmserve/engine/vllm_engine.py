@@ -43,6 +43,7 @@ from vlmserve.engine.base import (
     ImageInput,
     SamplingOptions,
     TokenLogprob,
+    check_context_length,
 )
 from vlmserve.models.base import ModelFamily
 from vlmserve.models.families import family_for_checkpoint
@@ -417,6 +418,9 @@ class VLLMEngine(Engine):
         params = sampling_params(request.sampling)
         top_n = request.sampling.top_logprobs
         engine_input = await render_request(llm.renderer, self.family, request, self._chat_template)
+        # vLLM would cut the completion at the context's end; OpenAI refuses such a request.
+        prompt_tokens = len(engine_input["prompt_token_ids"])
+        check_context_length(prompt_tokens, request.sampling.max_tokens, self.max_model_len)
         stream = llm.generate(engine_input, params, request.request_id)
         try:
             async for output in stream:

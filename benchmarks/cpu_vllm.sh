@@ -27,14 +27,16 @@ wait_ready() {  # URL
   return 1
 }
 
-start() {  # NAME PORT COMMAND...
+start() {  # NAME PORT COMMAND...  (returns at once; `ready NAME PORT` waits)
   local name=$1 port=$2
   shift 2
   setsid "$@" --port "$port" >"$OUT/$name.log" 2>&1 &
   pids+=($!)
-  local t0=$SECONDS
-  wait_ready "http://127.0.0.1:$port/health"
-  echo "$name ready in $((SECONDS - t0)) s" | tee -a "$OUT/startup.txt"
+}
+
+ready() {  # NAME PORT
+  wait_ready "http://127.0.0.1:$2/health"
+  echo "$1 ready $((SECONDS - T0)) s after the start" | tee -a "$OUT/startup.txt"
 }
 
 bench() {  # A_PORT B_PORT OUTDIR
@@ -43,11 +45,19 @@ bench() {  # A_PORT B_PORT OUTDIR
     --concurrency 1,4,8,16 --num-requests "$REQUESTS" --warmup 4 --no-progress --out "$3"
 }
 
+# Both vLLM servers start together (each worker binds to core 0, so only one is busy at a time
+# once the benchmark runs: --compare interleaves them).
+T0=$SECONDS
 start vllm 8101 $PY -m vllm.entrypoints.openai.api_server --model "$MODEL" "${VLLM_ARGS[@]}"
 start vlmserve-vllm 8102 $PY -m vlmserve.cli.main serve --engine vllm --model "$MODEL" \
   --cpu-kv-cache-gib 1 --max-model-len 4096
+ready vllm 8101
+ready vlmserve-vllm 8102
 bench 8102 8101 "$OUT/vlmserve-vs-vllm"
 kill -TERM -- "-${pids[0]}"
+[[ -n "${VLLM_ONLY:-}" ]] && exit 0
+T0=$SECONDS
 start vlmserve-transformers 8103 $PY -m vlmserve.cli.main serve --engine transformers \
   --model "$MODEL"
+ready vlmserve-transformers 8103
 bench 8102 8103 "$OUT/vllm-vs-transformers-engine"

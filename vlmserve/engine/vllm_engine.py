@@ -1,4 +1,4 @@
-"""The vLLM engine: continuous batching and paged KV cache on a GPU, through vLLM's ``AsyncLLM``.
+"""The vLLM engine: continuous batching and paged KV cache (CUDA or CPU build), via ``AsyncLLM``.
 
 A request goes the way vLLM's own OpenAI server sends it: the chat is rendered by vLLM's renderer
 (the checkpoint's chat template, then vLLM's multimodal processor, which expands each image

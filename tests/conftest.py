@@ -17,9 +17,10 @@ from tests.helpers import ServerProcess, start_server, tiny_checkpoint
 
 FAMILIES = ("llava", "llava-next", "internvl", "phi3v", "internvl2")
 ENGINES = ("transformers", "vllm")
-#: Arguments for a vLLM server on a tiny checkpoint: a 4,096-token context (InternVL's prompts
-#: are about 3,400 tokens), no torch.compile (start-up is what tests wait for), a small KV cache.
-VLLM_TEST_ARGS = ["--max-model-len", "4096", "--enforce-eager", "--cpu-kv-cache-gib", "1"]
+#: Arguments for a vLLM server on a tiny checkpoint: an 8,192-token context (one InternVL image
+#: is up to 3,330 tokens, two Phi-3-V images over 4,096), no torch.compile (start-up is what tests
+#: wait for), a small KV cache.
+VLLM_TEST_ARGS = ["--max-model-len", "8192", "--enforce-eager", "--cpu-kv-cache-gib", "1"]
 
 
 def server_args(engine: str) -> list[str]:

@@ -57,8 +57,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port to listen on.")
     engine: EngineName = Field(
         default="auto",
-        description="Inference engine: vllm (GPU), transformers (CPU) or auto (vllm when a GPU and "
-        "vLLM are present, transformers otherwise).",
+        description="Inference engine: vllm (vLLM's CUDA build on a GPU, or its CPU build), "
+        "transformers, or auto (vllm wherever vLLM can run the model, transformers otherwise; the "
+        "built-in demo stays on transformers without a GPU).",
     )
     device: str = Field(default="cpu", description="Torch device for the transformers engine.")
     max_batch_size: int = Field(
@@ -228,6 +229,16 @@ class Settings(BaseSettings):
     load_format: Annotated[str, DIRECT] = Field(
         default="auto",
         description="vLLM weight loading: auto, or dummy for random weights when benchmarking.",
+    )
+    enforce_eager: Annotated[bool | None, DIRECT] = Field(
+        default=None,
+        description="Run vLLM without torch.compile and CUDA graphs: starts faster, runs slower.",
+    )
+    cpu_kv_cache_gib: float = Field(
+        default=4,
+        gt=0,
+        description="KV-cache size in GiB on vLLM's CPU build (a GPU sizes it from "
+        "gpu_memory_utilization instead).",
     )
 
     # -- shared state and the response cache ------------------------------------------------------

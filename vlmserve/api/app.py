@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vlmserve.api.access import KeyChecker, RateLimiter, load_api_keys
 from vlmserve.api.admission import Admission, AdmissionMiddleware
+from vlmserve.api.batches import router as batch_router
 from vlmserve.api.chat import ChatHandler, deadline_scope
 from vlmserve.api.errors import OverloadedError, error_response, install_error_handlers
 from vlmserve.api.metrics import Metrics
@@ -33,6 +34,7 @@ from vlmserve.api.protocol import (
     ModelList,
     now,
 )
+from vlmserve.batch.service import BatchService
 from vlmserve.config import Settings
 from vlmserve.engine.base import Engine
 from vlmserve.logs import request_id_var
@@ -187,15 +189,21 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
                 return
             state.ready = True
             logger.info("model %s is ready on the %s engine", model_id, engine.name)
+            batches.runner.start()
 
         loader = asyncio.create_task(load())
         yield
         loader.cancel()
         state.ready = False
+        # Before the engine: lines cut here stay pending, rather than failing as "shutting down".
+        await batches.runner.stop()
+        batches.store.close()
         await engine.shutdown()
 
     app = FastAPI(title="vlmserve", version="0.1.0", lifespan=lifespan)
     app.state.vlm = state
+    app.state.batches = batches = BatchService(settings, state.chat, state.admission)
+    app.include_router(batch_router)
     install_error_handlers(app)
     app.add_middleware(AdmissionMiddleware, admission=state.admission, path=CHAT_PATH)
     app.add_middleware(RequestIdMiddleware, metrics=state.metrics)

@@ -58,6 +58,10 @@ class EngineRequest:
     messages: list[dict[str, Any]]
     images: list[ImageInput]
     sampling: SamplingOptions
+    #: Scheduling priority: lower runs first. Interactive requests are 0; batch lines run above
+    #: it so they only take what interactive work leaves (vLLM's priority scheduling, or the
+    #: order the transformers engine admits waiting requests in).
+    priority: int = 0
 
 
 @dataclass

@@ -204,7 +204,11 @@ class TransformersEngine(Engine):
             new_generator(request.sampling.seed),
         )
         with self._lock:
-            self._pending.append(item)
+            # Behind every waiting request of the same or a more urgent priority.
+            place = len(self._pending)
+            while place and self._pending[place - 1].request.priority > request.priority:
+                place -= 1
+            self._pending.insert(place, item)
             self._lock.notify()
         ended = 0
         try:

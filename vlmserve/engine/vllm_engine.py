@@ -85,10 +85,13 @@ def engine_args_from_settings(
     """Keyword arguments for ``AsyncEngineArgs``: the plan's, then the settings' overrides.
 
     Video is switched off (``limit 0``) so vLLM does not reserve memory for it at start-up.
+    Scheduling is by priority, so batch lines (a higher ``priority`` value) yield to interactive
+    requests; among equal priorities it is first come, first served, as vLLM's default.
     """
     args: dict[str, Any] = {
         "model": str(model_path),
         "trust_remote_code": False,
+        "scheduling_policy": "priority",
         "limit_mm_per_prompt": {"image": settings.max_images_per_request, "video": 0},
     }
     args.update(plan_args or {})
@@ -405,7 +408,7 @@ class VLLMEngine(Engine):
         params = sampling_params(request.sampling)
         top_n = request.sampling.top_logprobs
         engine_input = await render_request(llm.renderer, self.family, request, self._chat_template)
-        stream = llm.generate(engine_input, params, request.request_id)
+        stream = llm.generate(engine_input, params, request.request_id, priority=request.priority)
         try:
             async for output in stream:
                 yield engine_output(output, top_n)

@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "vlmserve.models.full_config",
         "Write a full-size model folder without weights (for load_format=dummy benchmarks).",
     ),
+    "batch": (
+        "vlmserve.cli.batch",
+        "Run a Batch API input file offline on the engine, resumable, with a progress bar.",
+    ),
     "bench": (
         "vlmserve.bench.cli",
         "Benchmark OpenAI-compatible servers with images: throughput, latency, cost per 1K images.",

@@ -97,8 +97,9 @@ class BatchRunner:
         retry: list[int] = []
         expired = False
         if record.status == "in_progress":
-            logger.info("batch %s: running its pending lines", batch_id)
-            for line in self.store.pending_lines(batch_id):
+            pending = self.store.pending_lines(batch_id)
+            logger.info("batch %s: %d pending lines to run", batch_id, len(pending))
+            for line in pending:
                 await self._slot()
                 record = self.store.get_batch(batch_id) or record
                 expired = record.expires_at is not None and self.clock() > record.expires_at

@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EngineName = Literal["auto", "transformers", "vllm"]
 Detail = Literal["low", "high", "auto"]
+#: Room in the default body limit for the text and JSON around the images.
+BODY_SLACK_BYTES = 1 << 20
 
 
 class Settings(BaseSettings):
@@ -83,6 +85,30 @@ class Settings(BaseSettings):
         default=40_000_000,
         ge=1,
         description="Largest image accepted, in pixels (width x height), checked before decoding.",
+    )
+    max_image_aspect_ratio: float = Field(
+        default=100.0,
+        ge=1,
+        description="Longest side over shortest side an image may have, checked from its header "
+        "before decoding (a 1x60000 strip is refused).",
+    )
+    max_resized_image_pixels: int = Field(
+        default=16_000_000,
+        ge=1,
+        description="Most pixels one image may become after the model family's own resize "
+        "(LLaVA scales the short side up to 336), checked from the header before decoding.",
+    )
+    max_image_pixels_per_request: int = Field(
+        default=100_000_000,
+        ge=1,
+        description="Most image pixels one request may carry in all (eight 12-megapixel photos "
+        "fit), checked from the headers before any image is decoded.",
+    )
+    max_request_body_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Largest request body, in bytes; past it a 413 and nothing more is read. "
+        "Unset: max_images_per_request images of max_image_bytes in base64, plus 1 MiB.",
     )
     media_fetch_timeout_seconds: float = Field(
         default=10.0,
@@ -215,3 +241,10 @@ class Settings(BaseSettings):
         default="auto",
         description="vLLM weight loading: auto, or dummy for random weights when benchmarking.",
     )
+
+    def request_body_limit(self) -> int:
+        """The request body limit: the setting, or the largest allowed image set in base64."""
+        if self.max_request_body_bytes is not None:
+            return self.max_request_body_bytes
+        base64_image = 4 * -(-self.max_image_bytes // 3) + len("data:image/jpeg;base64,")
+        return self.max_images_per_request * base64_image + BODY_SLACK_BYTES

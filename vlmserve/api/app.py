@@ -22,7 +22,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vlmserve.api.access import KeyChecker, RateLimiter, load_api_keys
 from vlmserve.api.admission import Admission, AdmissionMiddleware
+from vlmserve.api.batches import FILES_PATH
 from vlmserve.api.batches import router as batch_router
+from vlmserve.api.body_limit import BodyLimitMiddleware
 from vlmserve.api.chat import ChatHandler, deadline_scope
 from vlmserve.api.errors import OverloadedError, error_response, install_error_handlers
 from vlmserve.api.metrics import Metrics
@@ -35,7 +37,7 @@ from vlmserve.api.protocol import (
     now,
 )
 from vlmserve.batch.service import BatchService
-from vlmserve.config import Settings
+from vlmserve.config import BODY_SLACK_BYTES, Settings
 from vlmserve.engine.base import Engine
 from vlmserve.logs import request_id_var
 
@@ -43,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 CHAT_PATH = "/v1/chat/completions"
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 429, 500, 503, 504)
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 500, 503, 504)
 }
 _bearer = HTTPBearer(auto_error=False, description="One of the server's API keys, if it has any.")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
@@ -206,6 +208,13 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
     app.include_router(batch_router)
     install_error_handlers(app)
     app.add_middleware(AdmissionMiddleware, admission=state.admission, path=CHAT_PATH)
+    # Batch input files are bounded by their own limit (and the multipart framing around them).
+    upload_limit = settings.batch_max_file_bytes + BODY_SLACK_BYTES
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.request_body_limit(),
+        path_limits={FILES_PATH: upload_limit},
+    )
     app.add_middleware(RequestIdMiddleware, metrics=state.metrics)
 
     def ready_state() -> ServerState:

@@ -25,6 +25,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _bearer = HTTPBearer(auto_error=False, description="One of the server's API keys, if it has any.")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 router = APIRouter(prefix="/v1", responses=_ERRORS)
+FILES_PATH = "/v1/files"
 
 
 def _identify(request: Request, credentials: Credentials) -> tuple[str, str]:
@@ -75,7 +76,7 @@ class BatchCreateRequest(BaseModel):
     output_expires_after: dict[str, Any] | None = None
 
 
-@router.post("/files")
+@router.post(FILES_PATH.removeprefix("/v1"))
 async def upload_file(
     service: Service,
     owner: AdmittedOwner,

@@ -12,9 +12,9 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from vlmserve.api.errors import (
     APIError,
@@ -48,12 +48,12 @@ from vlmserve.engine.base import (
     SamplingOptions,
     TokenLogprob,
 )
-from vlmserve.images.decode import ImageLimits, load_image
+from vlmserve.images.decode import ImageLimits
 from vlmserve.images.fetch import MediaFetcher, MediaPolicy
+from vlmserve.images.pipeline import ImagePipeline, ImageRef
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 #: Called with the tokens (prompt plus completion) a request used, when it ends.
 UsageSink = Callable[[int], None]
 
@@ -145,8 +145,11 @@ class ChatHandler:
         self.settings = settings
         self.model_id = model_id
         self.metrics = metrics
-        self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
-        self.media = MediaFetcher(MediaPolicy.from_settings(settings))
+        self.images = ImagePipeline(
+            ImageLimits.from_settings(settings),
+            MediaFetcher(MediaPolicy.from_settings(settings)),
+            getattr(engine, "family", None),
+        )
 
     async def build(self, body: ChatCompletionRequest, request_id: str) -> EngineRequest:
         """Validate a request and turn it into the engine's request (images decoded)."""
@@ -170,7 +173,7 @@ class ChatHandler:
     ) -> tuple[list[dict[str, Any]], list[ImageInput], list[str]]:
         """HF-style messages with image parts, the images decoded concurrently, their params."""
         out: list[dict[str, Any]] = []
-        pending = []
+        pending: list[ImageRef] = []
         for i, message in enumerate(messages):
             content = message.content if message.content is not None else ""
             parts: list[dict[str, Any]] = []
@@ -180,7 +183,7 @@ class ChatHandler:
                 elif isinstance(part, ImagePart):
                     param = f"messages[{i}].content[{j}].image_url"
                     detail = part.image_url.detail or self.settings.default_image_detail
-                    pending.append((part.image_url.url, detail, param))
+                    pending.append(ImageRef(part.image_url.url, detail, param))
                     parts.append({"type": "image"})
                 else:
                     parts.append({"type": "text", "text": part.text})
@@ -193,12 +196,10 @@ class ChatHandler:
                 param="messages",
                 code="too_many_images",
             )
-        decoded = await _gather_or_cancel(
-            [load_image(url, param, self.limits, self.media) for url, _, param in pending]
-        )
+        decoded = await self.images.load(pending)
         self.metrics.images.inc(len(decoded))
-        images = [ImageInput(img, d) for img, (_, d, _) in zip(decoded, pending, strict=True)]
-        return out, images, [param for _, _, param in pending]
+        images = [ImageInput(img, ref.detail) for img, ref in zip(decoded, pending, strict=True)]
+        return out, images, [ref.param for ref in pending]
 
     def _sampling(self, body: ChatCompletionRequest) -> SamplingOptions:
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
@@ -355,16 +356,6 @@ class _ChunkWriter:
                 id=self.id, created=self.created, model=self.model, choices=[], usage=usage
             ).model_dump()
         )
-
-
-async def _gather_or_cancel(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
-    """Run ``coros`` together; when one fails, cancel the others (a slow fetch among them)."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        return list(await asyncio.gather(*tasks))
-    finally:
-        for task in tasks:
-            task.cancel()
 
 
 def logprob_entries(entries: list[TokenLogprob] | None) -> list[dict[str, Any]]:

@@ -151,14 +151,16 @@ def test_bad_lines_fail_alone(tmp_path: Path) -> None:
         _line("b", "/v1/embeddings"),
         "[1]",
         _line("c"),
+        _line("x" * 1000),
     ]
     path.write_text("\n".join(rows) + "\n")
-    parsed = parse_file(path, CHAT, 100)
-    assert [p.custom_id for p in parsed] == ["a", None, "a", "b", None, "c"]
+    parsed = parse_file(path, CHAT, 100, 1000)
+    assert [p.custom_id for p in parsed] == ["a", None, "a", "b", None, "c", None]
     errors = [p.error for p in parsed]
     assert errors[0] is None and errors[5] is None
     assert "not JSON" in str(errors[1]) and "duplicate" in str(errors[2])
     assert "/v1/embeddings" in str(errors[3]) and "not JSON" in str(errors[4])
+    assert "request body limit of 1000 bytes" in str(errors[6])
     raw = path.read_bytes()
     assert (
         json.loads(raw[parsed[5].offset : parsed[5].offset + parsed[5].length])["custom_id"] == "c"
@@ -178,7 +180,7 @@ def test_unusable_files_are_refused_whole(tmp_path: Path, text: str, code: str) 
     path = tmp_path / "in.jsonl"
     path.write_text(text)
     with pytest.raises(BadRequestError) as caught:
-        parse_file(path, CHAT, 3)
+        parse_file(path, CHAT, 3, 1000)
     assert caught.value.code == code and caught.value.param == "input_file_id"
 
 

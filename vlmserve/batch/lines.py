@@ -66,8 +66,11 @@ def scan_lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
             offset += len(raw)
 
 
-def parse_file(path: Path, endpoint: str, max_lines: int) -> list[ParsedLine]:
-    """Check every line of a batch input file; a 400 when the file as a whole is unusable."""
+def parse_file(path: Path, endpoint: str, max_lines: int, max_line_bytes: int) -> list[ParsedLine]:
+    """Check every line of a batch input file; a 400 when the file as a whole is unusable.
+
+    A line longer than ``max_line_bytes`` (the chat route's request body limit) fails alone.
+    """
     parsed: list[ParsedLine] = []
     seen: set[str] = set()
     for line_no, (offset, length, raw) in enumerate(scan_lines(path)):
@@ -78,6 +81,9 @@ def parse_file(path: Path, endpoint: str, max_lines: int) -> list[ParsedLine]:
                 param="input_file_id",
                 code="too_many_requests_in_file",
             )
+        if length > max_line_bytes:
+            parsed.append(ParsedLine(line_no, offset, length, None, _too_long(max_line_bytes)))
+            continue
         custom_id, error = _check_line(raw, endpoint, seen)
         parsed.append(ParsedLine(line_no, offset, length, custom_id, error))
     if not parsed:
@@ -90,6 +96,10 @@ def parse_file(path: Path, endpoint: str, max_lines: int) -> list[ParsedLine]:
             code="invalid_file_format",
         )
     return parsed
+
+
+def _too_long(limit: int) -> str:
+    return f"the line is longer than this server's request body limit of {limit} bytes"
 
 
 def _check_line(raw: bytes, endpoint: str, seen: set[str]) -> tuple[str | None, str | None]:

@@ -130,7 +130,8 @@ class BatchService:
                 param="input_file_id",
             )
         path = self.area.path(input_file_id)
-        parsed = await asyncio.to_thread(parse_file, path, endpoint, self.settings.batch_max_lines)
+        limits = (self.settings.batch_max_lines, self.settings.request_body_limit())
+        parsed = await asyncio.to_thread(parse_file, path, endpoint, *limits)
         lines = [
             LineRecord(p.line_no, p.offset, p.length, p.custom_id)
             if p.error is None

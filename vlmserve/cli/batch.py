@@ -100,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         print("vlmserve batch: --concurrency must be at least 1", file=sys.stderr)
         return 2
     try:
-        parsed = parse_file(args.input, args.endpoint, sys.maxsize)
+        body_limit = settings.request_body_limit()
+        parsed = parse_file(args.input, args.endpoint, sys.maxsize, body_limit)
         model_path, model_id, catalog = resolve(settings)
         name, _ = choose_engine(settings)
         plan_args = plan_engine_args(settings, catalog) if name == "vllm" else None

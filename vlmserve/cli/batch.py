@@ -66,7 +66,7 @@ class _Tally:
 
 
 def finished_ids(output: Path) -> set[str]:
-    """``custom_id``s already in OUTPUT; a torn last line (a kill mid-write) is cut off."""
+    """``custom_id``s that already ran in OUTPUT; a torn last line (a kill mid-write) is cut off."""
     if not output.exists():
         return set()
     data = output.read_bytes()
@@ -76,10 +76,10 @@ def finished_ids(output: Path) -> set[str]:
             handle.truncate(len(whole))
     ids = set()
     for raw in whole.splitlines():
-        if raw.strip():
-            custom_id = json.loads(raw).get("custom_id")
-            if custom_id is not None:
-                ids.add(custom_id)
+        line = json.loads(raw) if raw.strip() else {}
+        # Lines that ran have a response; an invalid line's custom_id (a duplicate) says nothing.
+        if line.get("response") is not None:
+            ids.add(line["custom_id"])
     return ids
 
 

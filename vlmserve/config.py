@@ -7,16 +7,34 @@ the Helm chart is checked against them by a test, so a setting is never typed tw
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from vlmserve.images.detail import Detail
+
 EngineName = Literal["auto", "transformers", "vllm"]
-Detail = Literal["low", "high", "auto"]
 #: Room in the default body limit for the text and JSON around the images.
 BODY_SLACK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class VllmArg:
+    """Marks a setting that is also a vLLM engine argument of the same name.
+
+    ``planned``: the planner chooses it when unset, and the operator's value overrides that
+    choice; otherwise the value goes to vLLM as it is. :func:`vllm_args` reads these marks, so a
+    new knob is one annotated field here.
+    """
+
+    planned: bool
+
+
+PLANNED = VllmArg(planned=True)
+DIRECT = VllmArg(planned=False)
 
 
 class Settings(BaseSettings):
@@ -216,30 +234,73 @@ class Settings(BaseSettings):
     target_concurrency: int | None = Field(
         default=None, ge=1, description="Requests the planner should hold in flight at once."
     )
-    dtype: str | None = Field(
+    dtype: Annotated[str | None, PLANNED] = Field(
         default=None, description="Override the planned dtype (bfloat16, float16)."
     )
-    quantization: str | None = Field(
+    quantization: Annotated[str | None, PLANNED] = Field(
         default=None,
         description="Override the planned quantization (fp8, bitsandbytes, awq, gptq).",
     )
-    tensor_parallel_size: int | None = Field(
+    tensor_parallel_size: Annotated[int | None, PLANNED] = Field(
         default=None, ge=1, description="Override the planned tensor-parallel size."
     )
-    max_model_len: int | None = Field(
+    max_model_len: Annotated[int | None, PLANNED] = Field(
         default=None, ge=1, description="Override the planned context length in tokens."
     )
-    max_num_seqs: int | None = Field(
+    max_num_seqs: Annotated[int | None, PLANNED] = Field(
         default=None,
         ge=1,
         description="Override the planned number of sequences vLLM runs at once.",
     )
-    gpu_memory_utilization: float | None = Field(
+    gpu_memory_utilization: Annotated[float | None, PLANNED] = Field(
         default=None, gt=0, le=1, description="Override the share of GPU memory vLLM may use."
     )
-    load_format: str = Field(
+    load_format: Annotated[str, DIRECT] = Field(
         default="auto",
         description="vLLM weight loading: auto, or dummy for random weights when benchmarking.",
+    )
+
+    # -- shared state and the response cache ------------------------------------------------------
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL (redis://[:password@]host:6379/0) for state shared across "
+        "replicas: rate-limit buckets and the response cache. Unset keeps both in memory, per "
+        "process. When Redis cannot be reached the server falls back to memory and logs a "
+        "warning.",
+    )
+    redis_timeout_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="Time limit for one Redis call; past it (or on any Redis error) the server "
+        "uses its in-memory state for redis_retry_seconds.",
+    )
+    redis_retry_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="After a Redis error, how long to use in-memory state before trying Redis "
+        "again.",
+    )
+    redis_key_prefix: str = Field(
+        default="vlmserve",
+        description="Prefix of every Redis key; deployments sharing one Redis but not their "
+        "budgets or caches need different prefixes.",
+    )
+    response_cache: bool = Field(
+        default=True,
+        description="Answer a repeated deterministic request (temperature 0 or a seed, n 1) "
+        "from the response cache; 'Cache-Control: no-cache' on a request skips the lookup.",
+    )
+    response_cache_max_entries: int = Field(
+        default=4096, ge=1, description="Most answers the in-memory response cache holds."
+    )
+    response_cache_max_bytes: int = Field(
+        default=64_000_000,
+        ge=1,
+        description="Most bytes of answers the in-memory response cache holds (in Redis, the "
+        "server's maxmemory policy bounds it).",
+    )
+    response_cache_ttl_seconds: float = Field(
+        default=3600.0, gt=0, description="How long a cached answer stays valid."
     )
 
     def request_body_limit(self) -> int:
@@ -248,3 +309,20 @@ class Settings(BaseSettings):
             return self.max_request_body_bytes
         base64_image = 4 * -(-self.max_image_bytes // 3) + len("data:image/jpeg;base64,")
         return self.max_images_per_request * base64_image + BODY_SLACK_BYTES
+
+
+def vllm_setting_names(*, planned: bool) -> tuple[str, ...]:
+    """The settings marked as vLLM engine arguments, planned or direct (see :class:`VllmArg`)."""
+    return tuple(
+        name for name, info in Settings.model_fields.items() if VllmArg(planned) in info.metadata
+    )
+
+
+def vllm_args(settings: Settings, *, planned: bool) -> dict[str, Any]:
+    """The vLLM engine arguments the operator set (values other than the field's default)."""
+    fields = Settings.model_fields
+    return {
+        name: getattr(settings, name)
+        for name in vllm_setting_names(planned=planned)
+        if getattr(settings, name) != fields[name].default
+    }

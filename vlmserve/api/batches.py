@@ -41,10 +41,10 @@ def _owner(request: Request, credentials: Credentials) -> str:
     return _identify(request, credentials)[1]
 
 
-def _admitted_owner(request: Request, credentials: Credentials) -> str:
+async def _admitted_owner(request: Request, credentials: Credentials) -> str:
     """The owner, once the key's request rate limit admits one more request (else 429)."""
     caller, owner = _identify(request, credentials)
-    request.app.state.vlm.limiter.admit(caller)
+    await request.app.state.vlm.limiter.admit(caller)
     return owner
 
 

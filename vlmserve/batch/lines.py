@@ -2,7 +2,7 @@
 
 The server's runner and the offline ``vlmserve batch`` command share everything here, so a line
 gives the same result either way. A line runs through the same :class:`ChatHandler` steps as an
-interactive request (``build`` then ``complete``), only at batch priority.
+interactive request (``prepare`` then ``complete``), only at batch priority.
 
 Each input line is ``{"custom_id", "method": "POST", "url": ENDPOINT, "body": {...}}``. A line
 that breaks these rules fails alone (its error goes to the error file); a file with no valid JSON
@@ -152,9 +152,9 @@ async def run_line(
     try:
         request = _chat_request(body)
         loop = asyncio.get_running_loop()
-        engine_request = await handler.build(request, request_id)
-        engine_request.priority = BATCH_PRIORITY
-        answer = await handler.complete(engine_request, loop.time() + timeout)
+        prepared = await handler.prepare(request, request_id)
+        prepared.request.priority = BATCH_PRIORITY
+        answer = await handler.complete(prepared, loop.time() + timeout)
     except APIError as exc:
         return LineResult(False, _response(request_id, custom_id, exc.status_code, exc.body()))
     except Exception:
@@ -167,7 +167,7 @@ async def run_line(
         _response(request_id, custom_id, 200, answer.model_dump()),
         usage.prompt_tokens,
         usage.completion_tokens,
-        len(engine_request.images),
+        len(prepared.request.images),
     )
 
 

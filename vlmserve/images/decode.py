@@ -25,6 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vlmserve.api.errors import BadRequestError
 from vlmserve.config import Settings
+from vlmserve.images.fetch import too_large
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w/+.-]*)(?P<params>(;[\w=.-]+)*?);base64,", re.I)
@@ -61,15 +62,11 @@ def decode_data_url(url: str, param: str, limits: ImageLimits) -> bytes:
         )
     payload = url[match.end() :]
     if len(payload) * 3 // 4 > limits.max_bytes:
-        raise _too_large(f"Image is larger than the {limits.max_bytes}-byte limit.", param)
+        raise too_large(limits.max_bytes, param)
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise BadRequestError("Image data is not valid base64.", param=param) from None
-
-
-def _too_large(message: str, param: str) -> BadRequestError:
-    return BadRequestError(message, param=param, code="image_too_large")
 
 
 @contextlib.contextmanager
@@ -95,13 +92,14 @@ def _unreadable_as_400(param: str) -> Iterator[None]:
 def _open_header(data: bytes, param: str, limits: ImageLimits) -> Image.Image:
     """Open an image from its header only, refusing it when its size breaks a per-image limit."""
     if len(data) > limits.max_bytes:
-        raise _too_large(f"Image is larger than the {limits.max_bytes}-byte limit.", param)
+        raise too_large(limits.max_bytes, param)
     image: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
     width, height = image.size
     if width * height > limits.max_pixels:
-        raise _too_large(
+        raise BadRequestError(
             f"Image is {width}x{height} pixels, more than the {limits.max_pixels}-pixel limit.",
-            param,
+            param=param,
+            code="image_too_large",
         )
     if width < 1 or height < 1 or max(width, height) / min(width, height) > limits.max_aspect_ratio:
         raise BadRequestError(

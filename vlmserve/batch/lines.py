@@ -23,8 +23,15 @@ from typing import Any
 import pydantic
 
 from vlmserve.api.chat import ChatHandler
-from vlmserve.api.errors import APIError, BadRequestError, InternalError, validation_param
+from vlmserve.api.errors import (
+    APIError,
+    BadRequestError,
+    InternalError,
+    as_api_error,
+    validation_param,
+)
 from vlmserve.api.protocol import ChatCompletionRequest
+from vlmserve.engine.errors import EngineError
 
 logger = logging.getLogger(__name__)
 
@@ -155,8 +162,10 @@ async def run_line(
         prepared = await handler.prepare(request, request_id)
         prepared.request.priority = BATCH_PRIORITY
         answer = await handler.complete(prepared, loop.time() + timeout)
-    except APIError as exc:
-        return LineResult(False, _response(request_id, custom_id, exc.status_code, exc.body()))
+    except (APIError, EngineError) as exc:
+        # The chat route's exception handlers map engine errors the same way.
+        error = as_api_error(exc) if isinstance(exc, EngineError) else exc
+        return LineResult(False, _response(request_id, custom_id, error.status_code, error.body()))
     except Exception:
         logger.exception("batch line %s failed", custom_id)
         error = InternalError("The server had an error while processing this request.")

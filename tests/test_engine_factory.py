@@ -129,6 +129,8 @@ def test_serve_plans_catalogue_models_for_vllm() -> None:
     assert args["max_num_seqs"] == 3
     assert args["limit_mm_per_prompt"] == {"video": 0, **plan_args["limit_mm_per_prompt"]}
     assert args["trust_remote_code"] is False
+    # Batch lines rely on it: a priority other than 0 is refused under vLLM's default policy.
+    assert args["scheduling_policy"] == "priority"
     assert plan_engine_args(settings, None) is None
 
 

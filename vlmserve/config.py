@@ -193,6 +193,36 @@ class Settings(BaseSettings):
         "get this long to finish, then the process exits 0.",
     )
 
+    # -- the Batch API (/v1/files, /v1/batches) ---------------------------------------------------
+    batch_dir: Path | None = Field(
+        default=None,
+        description="Folder for the Batch API's SQLite database and files; unset uses "
+        "cache_dir/batches. Batches resume from it after a restart.",
+    )
+    batch_max_file_bytes: int = Field(
+        default=200_000_000,
+        ge=1,
+        description="Largest file accepted on POST /v1/files, in bytes; larger uploads get a 400.",
+    )
+    batch_max_lines: int = Field(
+        default=50_000,
+        ge=1,
+        description="Most requests (lines) one batch input file may hold; a batch over it is "
+        "refused with a 400.",
+    )
+    batch_max_in_flight: int = Field(
+        default=8,
+        ge=1,
+        description="Batch lines the server runs at once while no interactive request is in "
+        "flight.",
+    )
+    batch_max_in_flight_when_busy: int = Field(
+        default=1,
+        ge=0,
+        description="Batch lines started while interactive requests are in flight (lines "
+        "already running finish); 0 pauses batches under any interactive load.",
+    )
+
     # -- planning and the vLLM engine (unset: the planner decides) ---------------------------------
     gpu: str | None = Field(
         default=None,

@@ -22,6 +22,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vlmserve.api.access import KeyChecker, RateLimiter, load_api_keys
 from vlmserve.api.admission import Admission, AdmissionMiddleware
+from vlmserve.api.batches import FILES_PATH
+from vlmserve.api.batches import router as batch_router
 from vlmserve.api.body_limit import BodyLimitMiddleware
 from vlmserve.api.chat import ChatHandler, deadline_scope
 from vlmserve.api.errors import OverloadedError, error_response, install_error_handlers
@@ -34,8 +36,9 @@ from vlmserve.api.protocol import (
     ModelList,
     now,
 )
+from vlmserve.batch.service import BatchService
 from vlmserve.cache.lookup import ResponseCache, engine_request_key
-from vlmserve.config import Settings
+from vlmserve.config import BODY_SLACK_BYTES, Settings
 from vlmserve.engine.base import Engine
 from vlmserve.logs import request_id_var
 from vlmserve.state.limits import SharedRateLimiter
@@ -196,11 +199,15 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
                 return
             state.ready = True
             logger.info("model %s is ready on the %s engine", model_id, engine.name)
+            batches.runner.start()
 
         loader = asyncio.create_task(load())
         yield
         loader.cancel()
         state.ready = False
+        # Before the engine: lines cut here stay pending, rather than failing as "shutting down".
+        await batches.runner.stop()
+        batches.store.close()
         await engine.shutdown()
         await state.limiter.settle()
         if state.link is not None:
@@ -208,9 +215,17 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
 
     app = FastAPI(title="vlmserve", version="0.1.0", lifespan=lifespan)
     app.state.vlm = state
+    app.state.batches = batches = BatchService(settings, state.chat, state.admission)
+    app.include_router(batch_router)
     install_error_handlers(app)
     app.add_middleware(AdmissionMiddleware, admission=state.admission, path=CHAT_PATH)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.request_body_limit())
+    # Batch input files are bounded by their own limit (and the multipart framing around them).
+    upload_limit = settings.batch_max_file_bytes + BODY_SLACK_BYTES
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.request_body_limit(),
+        path_limits={FILES_PATH: upload_limit},
+    )
     app.add_middleware(RequestIdMiddleware, metrics=state.metrics)
 
     def ready_state() -> ServerState:

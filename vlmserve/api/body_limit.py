@@ -10,6 +10,7 @@ close``, so the server drops the rest of the upload instead of buffering it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,24 +22,29 @@ logger = logging.getLogger(__name__)
 class BodyLimitMiddleware:
     """Refuses request bodies larger than ``limit`` bytes with a 413."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(
+        self, app: ASGIApp, limit: int, path_limits: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.limit = limit
+        #: Paths with a limit of their own (batch file uploads).
+        self.path_limits = dict(path_limits or {})
 
-    def _refusal(self) -> PayloadTooLargeError:
+    def _refusal(self, limit: int) -> PayloadTooLargeError:
+        hint = "send fewer or smaller images" if limit == self.limit else "send a smaller file"
         return PayloadTooLargeError(
-            f"The request body is larger than this server's {self.limit}-byte limit; send "
-            "fewer or smaller images."
+            f"The request body is larger than this server's {limit}-byte limit; {hint}."
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.path_limits.get(scope["path"], self.limit)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             logger.info("refused a %s-byte body before reading it", declared.decode())
-            await send_error(send, self._refusal())
+            await send_error(send, self._refusal(limit))
             return
         received = 0
         overflowed = False
@@ -49,9 +55,9 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     overflowed = True
-                    raise self._refusal()
+                    raise self._refusal(limit)
             return message
 
         async def guarded_send(message: Message) -> None:
@@ -68,5 +74,5 @@ class BodyLimitMiddleware:
             if not overflowed:
                 raise
         if overflowed and not started:
-            logger.info("refused a body that passed %d bytes while arriving", self.limit)
-            await send_error(send, self._refusal())
+            logger.info("refused a body that passed %d bytes while arriving", limit)
+            await send_error(send, self._refusal(limit))

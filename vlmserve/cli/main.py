@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "vlmserve.models.full_config",
         "Write a full-size model folder without weights (for load_format=dummy benchmarks).",
     ),
+    "batch": (
+        "vlmserve.cli.batch",
+        "Run a Batch API input file offline on the engine, resumable, with a progress bar.",
+    ),
     "route": (
         "vlmserve.cli.route",
         "Route requests across several model backends (LiteLLM's Router), with auto tiers.",

@@ -111,6 +111,10 @@ class EngineRequest:
     messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
     images: list[ImageInput] = field(default_factory=list)
+    #: Scheduling priority: lower runs first. Interactive requests are 0; batch lines run above
+    #: it so they only take what interactive work leaves (vLLM's priority scheduling, or the
+    #: order the transformers engine admits waiting requests in).
+    priority: int = 0
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
@@ -158,6 +162,11 @@ class PreparedRequest:
     def request_id(self) -> str:
         """The id the engine tracks (and aborts) the request by."""
         return self.request.request_id
+
+    @property
+    def priority(self) -> int:
+        """The request's scheduling priority (lower runs first)."""
+        return self.request.priority
 
 
 @dataclass

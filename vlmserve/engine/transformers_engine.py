@@ -220,7 +220,11 @@ class TransformersEngine(Engine):
             new_generator(request.sampling.options.seed),
         )
         with self._lock:
-            self._pending.append(item)
+            # Behind every waiting request of the same or a more urgent priority.
+            place = len(self._pending)
+            while place and self._pending[place - 1].prepared.priority > request.priority:
+                place -= 1
+            self._pending.insert(place, item)
             self._lock.notify()
         choices = request.sampling.options.n
         ended = 0

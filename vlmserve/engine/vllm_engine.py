@@ -73,7 +73,9 @@ def engine_args_from_settings(
     A plan already holds the operator's planned settings (the planner honours them), so those
     apply once: from the plan when there is one, from the settings otherwise. Settings vLLM takes
     as they are (``load_format``) apply either way. Video is switched off (``limit 0``) so vLLM
-    does not reserve memory for it at start-up.
+    does not reserve memory for it at start-up. Scheduling is by priority, so batch lines (a
+    higher ``priority`` value) yield to interactive requests; among equal priorities it is first
+    come, first served, as vLLM's default.
 
     On vLLM's CPU build (``cpu``) the KV cache gets ``cpu_kv_cache_gib``: without a size, vLLM
     would claim most of the machine's memory. With the size given, vLLM's multimodal memory
@@ -83,6 +85,7 @@ def engine_args_from_settings(
     args: dict[str, Any] = {
         "model": str(model_path),
         "trust_remote_code": False,
+        "scheduling_policy": "priority",
         "limit_mm_per_prompt": {"image": settings.max_images_per_request, "video": 0},
     }
     args.update(vllm_args(settings, planned=True) if plan_args is None else plan_args)
@@ -264,7 +267,7 @@ class VLLMEngine(Engine):
         llm = self._started()
         params = sampling_params(request.sampling)
         top_n = request.sampling.options.top_logprobs
-        stream = llm.generate(request.inputs, params, request.request_id)
+        stream = llm.generate(request.inputs, params, request.request_id, priority=request.priority)
         try:
             async for output in stream:
                 yield engine_output(output, top_n)

@@ -189,9 +189,11 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
             state.ready = True
             logger.info("model %s is ready on the %s engine", model_id, engine.name)
 
+        state.chat.images.start()
         loader = asyncio.create_task(load())
         yield
         loader.cancel()
+        state.chat.images.close()
         state.ready = False
         await engine.shutdown()
 

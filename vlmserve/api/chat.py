@@ -48,7 +48,7 @@ from vlmserve.engine.base import (
     SamplingOptions,
     TokenLogprob,
 )
-from vlmserve.images.decode import ImageLimits
+from vlmserve.images.codec import ImageLimits
 from vlmserve.images.fetch import MediaFetcher, MediaPolicy
 from vlmserve.images.pipeline import ImagePipeline, ImageRef
 
@@ -149,6 +149,10 @@ class ChatHandler:
             ImageLimits.from_settings(settings),
             MediaFetcher(MediaPolicy.from_settings(settings)),
             getattr(engine, "family", None),
+            metrics,
+            workers=settings.image_workers,
+            downscale=settings.image_downscale,
+            cache_bytes=settings.image_cache_bytes,
         )
 
     async def build(self, body: ChatCompletionRequest, request_id: str) -> EngineRequest:

@@ -46,3 +46,24 @@ def photo_jpeg(width: int, height: int, seed: int = 0, quality: int = 90) -> byt
     buffer = io.BytesIO()
     Image.fromarray(photo_pixels(width, height, seed)).save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def photo_pool(width: int, height: int, count: int, seed: int = 0) -> list[bytes]:
+    """``count`` distinct photo-like JPEGs of one size.
+
+    One photo is made, then each copy is shifted, mirrored and tinted differently: every JPEG
+    has its own bytes (servers that cache by image hash see distinct images) and costs what a
+    real photo costs to decode, while the pool is made in seconds, not minutes.
+    """
+    base = photo_pixels(width, height, seed)
+    out = []
+    for k in range(max(count, 1)):
+        pixels = np.roll(base, (37 * k, 53 * k), axis=(0, 1))
+        if k % 2:
+            pixels = pixels[:, ::-1]
+        tint = np.array([(k * 7) % 11, (k * 5) % 13, (k * 3) % 7], np.int16) - 5
+        pixels = np.clip(pixels.astype(np.int16) + tint, 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out

@@ -7,16 +7,34 @@ the Helm chart is checked against them by a test, so a setting is never typed tw
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from vlmserve.images.detail import Detail
+
 EngineName = Literal["auto", "transformers", "vllm"]
-Detail = Literal["low", "high", "auto"]
 #: Room in the default body limit for the text and JSON around the images.
 BODY_SLACK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class VllmArg:
+    """Marks a setting that is also a vLLM engine argument of the same name.
+
+    ``planned``: the planner chooses it when unset, and the operator's value overrides that
+    choice; otherwise the value goes to vLLM as it is. :func:`vllm_args` reads these marks, so a
+    new knob is one annotated field here.
+    """
+
+    planned: bool
+
+
+PLANNED = VllmArg(planned=True)
+DIRECT = VllmArg(planned=False)
 
 
 class Settings(BaseSettings):
@@ -203,28 +221,28 @@ class Settings(BaseSettings):
     target_concurrency: int | None = Field(
         default=None, ge=1, description="Requests the planner should hold in flight at once."
     )
-    dtype: str | None = Field(
+    dtype: Annotated[str | None, PLANNED] = Field(
         default=None, description="Override the planned dtype (bfloat16, float16)."
     )
-    quantization: str | None = Field(
+    quantization: Annotated[str | None, PLANNED] = Field(
         default=None,
         description="Override the planned quantization (fp8, bitsandbytes, awq, gptq).",
     )
-    tensor_parallel_size: int | None = Field(
+    tensor_parallel_size: Annotated[int | None, PLANNED] = Field(
         default=None, ge=1, description="Override the planned tensor-parallel size."
     )
-    max_model_len: int | None = Field(
+    max_model_len: Annotated[int | None, PLANNED] = Field(
         default=None, ge=1, description="Override the planned context length in tokens."
     )
-    max_num_seqs: int | None = Field(
+    max_num_seqs: Annotated[int | None, PLANNED] = Field(
         default=None,
         ge=1,
         description="Override the planned number of sequences vLLM runs at once.",
     )
-    gpu_memory_utilization: float | None = Field(
+    gpu_memory_utilization: Annotated[float | None, PLANNED] = Field(
         default=None, gt=0, le=1, description="Override the share of GPU memory vLLM may use."
     )
-    load_format: str = Field(
+    load_format: Annotated[str, DIRECT] = Field(
         default="auto",
         description="vLLM weight loading: auto, or dummy for random weights when benchmarking.",
     )
@@ -235,3 +253,20 @@ class Settings(BaseSettings):
             return self.max_request_body_bytes
         base64_image = 4 * -(-self.max_image_bytes // 3) + len("data:image/jpeg;base64,")
         return self.max_images_per_request * base64_image + BODY_SLACK_BYTES
+
+
+def vllm_setting_names(*, planned: bool) -> tuple[str, ...]:
+    """The settings marked as vLLM engine arguments, planned or direct (see :class:`VllmArg`)."""
+    return tuple(
+        name for name, info in Settings.model_fields.items() if VllmArg(planned) in info.metadata
+    )
+
+
+def vllm_args(settings: Settings, *, planned: bool) -> dict[str, Any]:
+    """The vLLM engine arguments the operator set (values other than the field's default)."""
+    fields = Settings.model_fields
+    return {
+        name: getattr(settings, name)
+        for name in vllm_setting_names(planned=planned)
+        if getattr(settings, name) != fields[name].default
+    }

@@ -1,10 +1,12 @@
 """The transformers engine: CPU (or one GPU) serving with continuous batching, for development.
 
-Requests are preprocessed off the event loop, then handed to one worker thread that owns the
-model. Each step the worker admits waiting requests (one prefill each, with their images), then
-runs ONE batched decode step for every running sequence: per-sequence KV caches are left-padded
-into a batch, so a request joins or leaves the batch between any two decode steps. Outputs go back
-to each request's asyncio queue. An aborted request is dropped at the next step.
+``prepare`` runs the processor once per request, off the event loop (the rendered prompt gives
+the length and image tokens the shared checks need); ``generate`` hands the prepared inputs to one
+worker thread that owns the model. Each step the worker admits waiting requests (one prefill
+each, with their images), then runs ONE batched decode step for every running sequence:
+per-sequence KV caches are left-padded into a batch, so a request joins or leaves the batch
+between any two decode steps. Outputs go back to each request's asyncio queue. An aborted request
+is dropped at the next step.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from typing import Any
 
 import torch
 
-from vlmserve.api.errors import BadRequestError, OverloadedError
 from vlmserve.engine.base import (
     ChoiceDelta,
     Engine,
@@ -28,10 +29,23 @@ from vlmserve.engine.base import (
     EngineRequest,
     EngineStats,
     FinishReason,
+    PreparedRequest,
+    RequestLimits,
+    Sampling,
+    SamplingOptions,
+)
+from vlmserve.engine.errors import EngineStopping, RequestRejected
+from vlmserve.engine.prepare import (
+    Rendered,
+    check_image_count,
+    checkpoint_sampling_defaults,
+    finish,
+    shared_processor_kwargs,
 )
 from vlmserve.engine.sampling import adjust_logits, new_generator, sample
 from vlmserve.engine.text import TextStream
 from vlmserve.logs import for_request
+from vlmserve.models.base import ModelFamily
 from vlmserve.models.families import family_for_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -41,14 +55,29 @@ KV = list[tuple[torch.Tensor, torch.Tensor]]
 
 @dataclass
 class _Request:
-    """A request inside the worker: its inputs, its queue and its random generator."""
+    """A request inside the worker: its prepared inputs, its queue and its random generator."""
 
-    request: EngineRequest
-    inputs: dict[str, Any]
-    prompt_tokens: int
+    prepared: PreparedRequest
     queue: asyncio.Queue[EngineOutput | BaseException]
     loop: asyncio.AbstractEventLoop
     generator: torch.Generator
+
+    @property
+    def request_id(self) -> str:
+        return self.prepared.request_id
+
+    @property
+    def sampling(self) -> Sampling:
+        return self.prepared.sampling
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.prepared.prompt_tokens
+
+    @property
+    def prompt_ids(self) -> torch.Tensor:
+        ids: torch.Tensor = self.prepared.inputs["input_ids"]
+        return ids
 
     def send(self, item: EngineOutput | BaseException) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
@@ -117,9 +146,18 @@ class TransformersEngine(Engine):
 
     name = "transformers"
 
-    def __init__(self, model_path: str | Path, *, device: str = "cpu", max_batch_size: int = 16):
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        device: str = "cpu",
+        max_batch_size: int = 16,
+        limits: RequestLimits | None = None,
+    ):
         self.model_path = Path(model_path)
-        self.family = family_for_checkpoint(self.model_path)
+        self.family: ModelFamily = family_for_checkpoint(self.model_path)
+        self.limits = limits or RequestLimits()
+        self._defaults = checkpoint_sampling_defaults(self.model_path)
         self.device = device
         self.max_batch_size = max_batch_size
         self.model: Any = None
@@ -161,61 +199,40 @@ class TransformersEngine(Engine):
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 10)
 
-    def check(self, request: EngineRequest) -> None:
-        """Refuse what this engine does not implement, before any work is done."""
-        options = request.sampling
-        if options.logprobs or options.top_logprobs:
-            raise BadRequestError(
-                "logprobs are not supported by the transformers engine; use --engine vllm.",
-                param="logprobs",
-            )
-        if options.response_format and options.response_format.get("type") != "text":
-            raise BadRequestError(
-                "response_format other than text is not supported by the transformers engine; "
-                "use --engine vllm.",
-                param="response_format",
-            )
-        knobs = {repr(self.family.processor_kwargs(i.detail)) for i in request.images}
-        if len(knobs) > 1:
-            raise BadRequestError(
-                f"Images in one request must share one detail level for {self.family.name} "
-                "models on the transformers engine.",
-                param="messages",
-            )
+    async def prepare(self, request: EngineRequest) -> PreparedRequest:
+        """Refuse what this engine does not implement, then run the processor once (off the
+        event loop) and check and resolve the request against the rendered prompt."""
+        check_image_count(len(request.images), self.limits)
+        _refuse_unsupported(request.sampling)
+        kwargs = shared_processor_kwargs(self.family, request.images)
+        inputs = await asyncio.to_thread(self._preprocess, request, kwargs)
+        ids = inputs["input_ids"][0]
+        counts = image_token_counts(ids, self.processor.image_token_id, len(request.images))
+        rendered = Rendered(int(ids.shape[0]), counts, inputs)
+        return finish(request, rendered, self._max_len, self.limits, self._defaults)
 
-    async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
-        """Preprocess off the loop, queue for the worker, and stream its outputs."""
-        inputs = await asyncio.to_thread(self._preprocess, request)
-        prompt_tokens = int(inputs["input_ids"].shape[1])
-        if prompt_tokens + request.sampling.max_tokens > self._max_len:
-            raise BadRequestError(
-                f"This model's maximum context length is {self._max_len} tokens. However, you "
-                f"requested {prompt_tokens + request.sampling.max_tokens} tokens ({prompt_tokens} "
-                f"in the messages, {request.sampling.max_tokens} in the completion).",
-                param="messages",
-                code="context_length_exceeded",
-            )
+    async def generate(self, request: PreparedRequest) -> AsyncGenerator[EngineOutput, None]:
+        """Queue a prepared request for the worker and stream its outputs."""
         item = _Request(
             request,
-            inputs,
-            prompt_tokens,
             asyncio.Queue(),
             asyncio.get_running_loop(),
-            new_generator(request.sampling.seed),
+            new_generator(request.sampling.options.seed),
         )
         with self._lock:
             self._pending.append(item)
             self._lock.notify()
+        choices = request.sampling.options.n
         ended = 0
         try:
-            while ended < request.sampling.n:
+            while ended < choices:
                 output = await item.queue.get()
                 if isinstance(output, BaseException):
                     raise output
                 ended += sum(1 for d in output.deltas if d.finish_reason)
                 yield output
         finally:
-            if ended < request.sampling.n:
+            if ended < choices:
                 await self.abort(request.request_id)
 
     async def abort(self, request_id: str) -> None:
@@ -232,12 +249,13 @@ class TransformersEngine(Engine):
 
     # -- the worker thread --------------------------------------------------------------------
 
-    def _preprocess(self, request: EngineRequest) -> dict[str, Any]:
-        prompt = self.processor.apply_chat_template(
-            request.messages, tokenize=False, add_generation_prompt=True
-        )
+    def _preprocess(self, request: EngineRequest, kwargs: dict[str, Any]) -> dict[str, Any]:
+        prompt = request.prompt
+        if prompt is None:
+            prompt = self.processor.apply_chat_template(
+                request.messages, tokenize=False, add_generation_prompt=True
+            )
         images = [self.family.prepare_image(i.image, i.detail) for i in request.images]
-        kwargs = self.family.processor_kwargs(request.images[0].detail) if images else {}
         inputs = self.processor(text=prompt, images=images or None, return_tensors="pt", **kwargs)
         return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in inputs.items()}
 
@@ -261,46 +279,48 @@ class TransformersEngine(Engine):
                 owners = {id(s.owner): s.owner for s in self._running}
                 owners.update((id(p), p) for p in self._pending)
                 for owner in owners.values():
-                    owner.send(OverloadedError("The server is shutting down."))
+                    owner.send(EngineStopping("The server is shutting down.", code="shutting_down"))
                 return None
             if self._aborted:
                 for request_id in self._aborted:
                     logger.debug("dropped by abort", extra=for_request(request_id))
                 self._pending = collections.deque(
-                    p for p in self._pending if p.request.request_id not in self._aborted
+                    p for p in self._pending if p.request_id not in self._aborted
                 )
                 self._running = [
-                    s for s in self._running if s.owner.request.request_id not in self._aborted
+                    s for s in self._running if s.owner.request_id not in self._aborted
                 ]
                 self._aborted.clear()
             admitted: list[_Request] = []
             room = self.max_batch_size - len(self._running)
             while self._pending and (
-                room >= self._pending[0].request.sampling.n or not admitted and not self._running
+                room >= self._pending[0].sampling.options.n or not admitted and not self._running
             ):
                 item = self._pending.popleft()
-                room -= item.request.sampling.n
+                room -= item.sampling.options.n
                 admitted.append(item)
             return admitted
 
     def _prefill(self, item: _Request) -> None:
-        request_id = item.request.request_id
+        request_id = item.request_id
         logger.debug("prefill: %d prompt tokens", item.prompt_tokens, extra=for_request(request_id))
         try:
-            out = self.model(**item.inputs, use_cache=True)
+            out = self.model(**item.prepared.inputs, use_cache=True)
         except Exception as exc:  # a bad input must fail its own request, not the worker
             logger.exception("prefill failed", extra=for_request(request_id))
             item.send(exc)
             return
         kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         logits = out.logits[0, -1]
-        options = item.request.sampling
+        sampling = item.sampling
         sequences = []
-        for index in range(options.n):
-            text = TextStream(self.processor.tokenizer, options.stop)
+        for index in range(sampling.options.n):
+            text = TextStream(self.processor.tokenizer, sampling.options.stop)
             seq = _Sequence(item, index, kv, -1, text, item.prompt_tokens)
             seq.next_token = sample(
-                adjust_logits(logits, options, [], self._eos), options, item.generator
+                adjust_logits(logits, sampling, [], self._eos, item.prompt_ids),
+                sampling,
+                item.generator,
             )
             sequences.append(seq)
         output = self._advance(sequences, item.prompt_tokens)
@@ -326,9 +346,11 @@ class TransformersEngine(Engine):
         batch.cache = out.past_key_values
         for row, seq in enumerate(seqs):
             seq.length += 1
-            options = seq.owner.request.sampling
-            logits = adjust_logits(out.logits[row, -1], options, seq.generated, self._eos)
-            seq.next_token = sample(logits, options, seq.owner.generator)
+            sampling = seq.owner.sampling
+            logits = adjust_logits(
+                out.logits[row, -1], sampling, seq.generated, self._eos, seq.owner.prompt_ids
+            )
+            seq.next_token = sample(logits, sampling, seq.owner.generator)
         self._advance_all(seqs)
 
     def _advance_all(self, seqs: list[_Sequence]) -> None:
@@ -344,7 +366,7 @@ class TransformersEngine(Engine):
         for owner, output in outputs:
             # Every running sequence is in this step, so all done here means the request is.
             if all(self._done(s) for s in by_owner[id(owner)]):
-                logger.debug("finished", extra=for_request(owner.request.request_id))
+                logger.debug("finished", extra=for_request(owner.request_id))
             owner.send(output)
 
     def _advance(self, group: list[_Sequence], prompt_tokens: int) -> EngineOutput:
@@ -355,16 +377,16 @@ class TransformersEngine(Engine):
         """
         deltas = []
         for seq in group:
-            options = seq.owner.request.sampling
+            sampling = seq.owner.sampling
             seq.generated.append(seq.next_token)
             reason: FinishReason | None = None
-            if seq.next_token in self._eos and not options.ignore_eos:
+            if seq.next_token in self._eos and not sampling.options.ignore_eos:
                 text, reason = seq.text.flush(), "stop"
             else:
                 text = seq.text.add(seq.next_token)
                 if seq.text.stopped:
                     reason = "stop"
-                elif len(seq.generated) >= options.max_tokens:
+                elif len(seq.generated) >= sampling.max_tokens:
                     text, reason = text + seq.text.flush(), "length"
             if reason:
                 seq.next_token = -1
@@ -374,3 +396,28 @@ class TransformersEngine(Engine):
     @staticmethod
     def _done(seq: _Sequence) -> bool:
         return seq.next_token == -1
+
+
+def _refuse_unsupported(options: SamplingOptions) -> None:
+    """A 400 for the options this engine does not implement (vLLM does)."""
+    if options.logprobs or options.top_logprobs:
+        raise RequestRejected(
+            "logprobs are not supported by the transformers engine; use --engine vllm.",
+            param="logprobs",
+        )
+    if options.response_format and options.response_format.get("type") != "text":
+        raise RequestRejected(
+            "response_format other than text is not supported by the transformers engine; "
+            "use --engine vllm.",
+            param="response_format",
+        )
+
+
+def image_token_counts(ids: torch.Tensor, image_token_id: int, images: int) -> list[int]:
+    """Image-feature positions in a rendered prompt: per image when each image is one run of
+    ``image_token_id``, else their total."""
+    mask = (ids == image_token_id).to(torch.int8)
+    edges = torch.diff(mask, prepend=mask.new_zeros(1), append=mask.new_zeros(1))
+    starts, ends = (edges == 1).nonzero().flatten(), (edges == -1).nonzero().flatten()
+    runs = (ends - starts).tolist()
+    return runs if len(runs) == images else [int(mask.sum())]

@@ -13,6 +13,7 @@ import re
 
 from vlmserve.api.errors import BadRequestError
 from vlmserve.images.codec import ImageLimits, ImageRefused
+from vlmserve.images.fetch import too_large
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w/+.-]*)(?P<params>(;[\w=.-]+)*?);base64,", re.I)
 
@@ -31,11 +32,7 @@ def decode_data_url(url: str, param: str, limits: ImageLimits) -> bytes:
         )
     payload = url[match.end() :]
     if len(payload) * 3 // 4 > limits.max_bytes:
-        raise BadRequestError(
-            f"Image is larger than the {limits.max_bytes}-byte limit.",
-            param=param,
-            code="image_too_large",
-        )
+        raise too_large(limits.max_bytes, param)
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):

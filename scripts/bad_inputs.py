@@ -124,8 +124,9 @@ def corpus(model: str) -> list[Case]:
 
 #: Bytes of the oversized bodies: above the default limit (about 214 MB), and the size that
 #: drove a server without a limit to the out-of-memory killer.
-HUGE_BODY = 300_000_000
-_CHUNK = b"x" * (1 << 20)
+_CHUNK = b"x" * 1_000_000
+_OPENING = b'{"model": "m", "messages": [{"role": "user", "content": "'
+HUGE_BODY = len(_OPENING) + 300 * len(_CHUNK)
 
 
 @dataclass(frozen=True)
@@ -140,8 +141,8 @@ class CostlyCase:
 
 def _huge_body() -> Iterator[bytes]:
     """300 MB of a JSON-looking body, made as it is sent."""
-    yield b'{"model": "m", "messages": [{"role": "user", "content": "'
-    for _ in range(HUGE_BODY // len(_CHUNK)):
+    yield _OPENING
+    for _ in range(300):
         yield _CHUNK
 
 
@@ -158,7 +159,7 @@ def costly_cases(model: str) -> list[CostlyCase]:
     thread = _data_url(_encoded(Image.new("RGB", (20_000, 1), "gray"), "PNG"))
     # 14 megapixels each, a few kB of PNG: eight of them are 112 M pixels, over the 100 M total.
     medium = _data_url(_encoded(Image.new("RGB", (4000, 3500), "olive"), "PNG"))
-    declared = {**JSON, "content-length": str(HUGE_BODY + 56)}
+    declared = {**JSON, "content-length": str(HUGE_BODY)}
     return [
         CostlyCase("300 MB body, Content-Length", 413, declared, _huge_body),
         CostlyCase("300 MB body, chunked", 413, JSON, _huge_body),

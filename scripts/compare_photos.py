@@ -37,6 +37,8 @@ from tests.helpers import REPO, free_port, start_server, tiny_checkpoint  # noqa
 OFF = {"VLMSERVE_IMAGE_WORKERS": "0", "VLMSERVE_IMAGE_DOWNSCALE": "false"}
 NO_CACHE = {"VLMSERVE_IMAGE_CACHE_BYTES": "0"}
 BIN = Path(sys.executable).parent
+#: ``vlmserve bench``'s default warm-up requests per server.
+WARMUP = 2
 
 
 @contextmanager
@@ -74,7 +76,11 @@ def raw_vllm(model: Path, logs: Path) -> Iterator[str]:
     with (logs / "vllm.log").open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            _wait_healthy(f"http://127.0.0.1:{port}", process, 900)
+            try:
+                _wait_healthy(f"http://127.0.0.1:{port}", process, 900)
+            except (RuntimeError, TimeoutError):
+                print((logs / "vllm.log").read_text(errors="replace")[-4000:], file=sys.stderr)
+                raise
             yield f"http://127.0.0.1:{port}/v1"
         finally:
             process.terminate()
@@ -98,7 +104,9 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float) ->
     raise TimeoutError("vLLM did not become healthy")
 
 
-def bench(out: Path, a: str, b: str | None, args: argparse.Namespace, *extra: str) -> list[dict]:
+def bench(
+    out: Path, a: str, b: str | None, args: argparse.Namespace, distinct: int, *extra: str
+) -> list[dict]:
     """Run ``vlmserve bench`` (A against B when given); the level summaries of its bench.json."""
     command = [
         str(BIN / "vlmserve"),
@@ -108,7 +116,7 @@ def bench(out: Path, a: str, b: str | None, args: argparse.Namespace, *extra: st
         "--image-preset",
         args.preset,
         "--distinct-images",
-        str(args.distinct_images),
+        str(distinct),
         "--concurrency",
         str(args.concurrency),
         "--num-requests",
@@ -142,7 +150,9 @@ def main() -> int:
     parser.add_argument("--preset", default="phone")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--num-requests", type=int, default=48)
-    parser.add_argument("--distinct-images", type=int, default=16)
+    parser.add_argument(
+        "--conversations", type=int, default=8, help="Multi-turn: conversations (one image each)."
+    )
     parser.add_argument("--output-tokens", type=int, default=16)
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--with-vllm", action="store_true", help="Also run raw vLLM (pair 2).")
@@ -152,33 +162,42 @@ def main() -> int:
     parser.add_argument("--checkpoints", type=Path, help="Where tiny checkpoints are built/kept.")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    # Single-image pairs: no image is sent twice to a server (warm-up included), so neither
+    # vlmserve's cache nor vLLM's processor cache ever hits.
+    distinct = args.num_requests + WARMUP
     with tempfile.TemporaryDirectory(prefix="vlmserve-photos-") as tmp:
         model = tiny_checkpoint("llava", args.checkpoints or Path(tmp))
-        logs, engine = args.out, args.vlmserve_engine
+        logs, engine = Path(tmp), args.vlmserve_engine
         if engine == "transformers":
             with (
                 vlmserve(model, logs, "on", {}, engine) as on,
                 vlmserve(model, logs, "off", {**OFF, **NO_CACHE}, engine) as off,
             ):
-                pair = bench(args.out / "image-path", on, off, args)
+                pair = bench(args.out / "image-path", on, off, args, distinct)
             report("image path", "on", images_per_second(pair), "off", images_per_second(pair, "B"))
         if args.with_vllm and engine == "transformers":
             with vlmserve(model, logs, "vs", {}, engine) as ours, raw_vllm(model, logs) as theirs:
-                pair = bench(args.out / "vs-vllm", ours, theirs, args)
+                pair = bench(args.out / "vs-vllm", ours, theirs, args, distinct)
             ours_rate, theirs_rate = images_per_second(pair), images_per_second(pair, "B")
             report("vs vLLM", "vlmserve", ours_rate, "raw vLLM", theirs_rate)
         elif args.with_vllm:
             with vlmserve(model, logs, "vs", {}, engine) as ours:
-                ours_rate = images_per_second(bench(args.out / "vlmserve-vllm", ours, None, args))
+                ours_rate = images_per_second(
+                    bench(args.out / "vlmserve-vllm", ours, None, args, distinct)
+                )
             with raw_vllm(model, logs) as theirs:
-                theirs_rate = images_per_second(bench(args.out / "raw-vllm", theirs, None, args))
+                theirs_rate = images_per_second(
+                    bench(args.out / "raw-vllm", theirs, None, args, distinct)
+                )
             report("vs vLLM", "vlmserve (vllm engine)", ours_rate, "raw vLLM", theirs_rate)
         with (
             vlmserve(model, logs, "cache", {}, engine) as cached,
             vlmserve(model, logs, "nocache", NO_CACHE, engine) as uncached,
         ):
             turns = ["--workload", "multi-turn", "--turns", str(args.turns)]
-            pair = bench(args.out / "multi-turn", cached, uncached, args, *turns)
+            pair = bench(
+                args.out / "multi-turn", cached, uncached, args, args.conversations, *turns
+            )
         report(
             "multi-turn", "cache", images_per_second(pair), "no cache", images_per_second(pair, "B")
         )

@@ -19,7 +19,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 #: Tiny checkpoints are rebuilt when this changes (bump with the builders).
-TINY_VERSION = 2
+TINY_VERSION = 3
 
 
 def tiny_checkpoint(family: str, root: Path) -> Path:
@@ -30,6 +30,21 @@ def tiny_checkpoint(family: str, root: Path) -> Path:
     if not (path / "config.json").exists():
         get_family(family).build_tiny(path)
     return path
+
+
+def resaved_by_transformers(checkpoint: Path, out: Path) -> Path:
+    """``checkpoint``'s weights in a model built by transformers from its config and saved with
+    ``save_pretrained``, as a model trained with transformers 5 is saved (for LLaVA, the CLIP tower
+    one level flatter than the hub layout the tiny builders write)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    if not (out / "config.json").exists():
+        loaded = AutoModelForImageTextToText.from_pretrained(checkpoint)
+        model = AutoModelForImageTextToText.from_config(loaded.config)
+        model.load_state_dict(loaded.state_dict())
+        model.save_pretrained(out)
+        AutoProcessor.from_pretrained(checkpoint).save_pretrained(out)
+    return out
 
 
 def hf_cache_snapshot(hf_home: Path, repo_id: str, checkpoint: Path) -> Path:
@@ -65,6 +80,8 @@ class ServerProcess:
     port: int
     model: str
     log_path: Path
+    #: The engine ``/health`` reports ("vllm" or "transformers").
+    engine: str = ""
 
     @property
     def url(self) -> str:
@@ -91,14 +108,20 @@ class ServerProcess:
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            os.killpg(self.process.pid, signal.SIGKILL)
             return self.process.wait()
 
 
 def start_server(
     args: list[str], log_path: Path, env: dict[str, str] | None = None, timeout: float = 180
 ) -> ServerProcess:
-    """Start ``vlmserve serve ARGS`` and wait until ``/health`` says the model is ready."""
+    """Start ``vlmserve serve ARGS`` and wait until ``/health`` says the model is ready.
+
+    Without ``--engine`` in ``args`` the server runs the transformers engine (``auto`` would pick
+    vLLM's CPU build here, a minute's start-up that most tests do not need).
+    """
+    if "--engine" not in args:
+        args = ["--engine", "transformers", *args]
     port = free_port()
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     log = log_path.open("wb")
@@ -118,7 +141,21 @@ def start_server(
         env=full_env,
         stdout=log,
         stderr=subprocess.STDOUT,
+        # Its own process group: a server that never gets ready is killed with its engine
+        # processes (vLLM's engine core and worker), whatever interrupts the wait.
+        start_new_session=True,
     )
+    try:
+        return _wait_until_ready(process, port, log_path, timeout)
+    except BaseException:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        raise
+
+
+def _wait_until_ready(
+    process: subprocess.Popen[bytes], port: int, log_path: Path, timeout: float
+) -> ServerProcess:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -126,9 +163,9 @@ def start_server(
         try:
             health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
             if health.status_code == 200:
-                return ServerProcess(process, port, health.json()["model"], log_path)
+                body = health.json()
+                return ServerProcess(process, port, body["model"], log_path, body.get("engine", ""))
         except httpx.TransportError:
             pass
         time.sleep(0.25)
-    process.kill()
     raise TimeoutError(f"server not ready in {timeout}s:\n{log_path.read_text()}")

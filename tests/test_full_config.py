@@ -77,9 +77,6 @@ def test_original_layouts_are_written_by_their_family(tmp_path: Path) -> None:
 @pytest.mark.timeout(900)
 def test_vllm_builds_the_dummy_weight_engine_config(full_dir: Callable[[str], Path]) -> None:
     pytest.importorskip("vllm")
-    from tests import vllm_cpu
-
-    vllm_cpu.install()
     from vllm.renderers import renderer_from_config
 
     from vlmserve.engine import vllm_engine, vllm_prepare

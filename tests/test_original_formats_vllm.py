@@ -2,9 +2,9 @@
 
 vLLM 0.26.0 has native ``Phi3VForCausalLM`` and ``InternVLChatModel``; what it needs from the
 checkpoint's hub code (the ``phi3_v`` / ``internvl_chat`` configs and Phi-3-V's processor) comes
-from :mod:`vlmserve.models.hf_registry` instead, with ``trust_remote_code=False``. The engine
-core is never
-started (no CPU kernels in the PyPI wheel); only the config and the multimodal processor run.
+from :mod:`vlmserve.models.hf_registry` instead, with ``trust_remote_code=False``. Only the
+config and the multimodal processor run here; tests/test_api.py serves both folders on the engine
+core.
 """
 
 from __future__ import annotations
@@ -26,13 +26,7 @@ CASES = {
 
 
 def _vllm_processor(path: Path) -> Any:
-    """vLLM's multimodal processor for ``path``, built on vLLM's CPU platform."""
-    import vllm.platforms
-    from vllm.platforms.cpu import CpuPlatform
-
-    # Without a GPU, platform detection finds nothing; vLLM's CPU build would pin this platform.
-    # It must be pinned before vLLM modules that bind ``current_platform`` are imported.
-    vllm.platforms._current_platform = CpuPlatform()
+    """vLLM's multimodal processor for ``path`` (on whichever platform vLLM detects)."""
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.multimodal import MULTIMODAL_REGISTRY
 

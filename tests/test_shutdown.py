@@ -14,8 +14,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from safetensors import safe_open
 
-from tests.helpers import ServerProcess, start_server
+from tests.conftest import server_args
+from tests.helpers import ServerProcess, resaved_by_transformers, start_server
 from tests.image_server import image_server
 
 
@@ -42,14 +44,29 @@ def chat(server: ServerProcess, url: str | None, stream: bool = False) -> tuple[
     return str(reasons[-1]), chunks[-1].usage.completion_tokens
 
 
-def test_sigterm_drains_requests_in_flight_then_exits_0(tiny_model, tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["transformers", pytest.param("vllm", marks=pytest.mark.slow)])
+def test_sigterm_drains_requests_in_flight_then_exits_0(
+    engine: str, tiny_model, tmp_path: Path
+) -> None:
+    """On vLLM the model is a LLaVA saved by transformers 5 (flat CLIP weight names), so this
+    server also shows that vlmserve's vLLM plugin loads such folders."""
     env = {
         "VLMSERVE_ALLOW_PRIVATE_MEDIA_URLS": "true",
         "VLMSERVE_MEDIA_FETCH_TIMEOUT_SECONDS": "120",
         "VLMSERVE_SHUTDOWN_GRACE_SECONDS": "120",
     }
+    model = tiny_model("llava")
+    if engine == "vllm":
+        model = resaved_by_transformers(model, tmp_path / "llava-saved-by-transformers")
+        names = safe_open(model / "model.safetensors", "pt").keys()
+        assert "vision_tower.embeddings.patch_embedding.weight" in names
     with image_server() as images:
-        server = start_server(["--model", str(tiny_model("llava"))], tmp_path / "log", env=env)
+        server = start_server(
+            ["--model", str(model), *server_args(engine)],
+            tmp_path / "log",
+            env=env,
+            timeout=900,
+        )
         try:
             with ThreadPoolExecutor(2) as pool:
                 plain = pool.submit(chat, server, images.url("/stall"))

@@ -1,16 +1,15 @@
-"""The vLLM engine up to the engine core, on real vLLM objects, without a GPU.
+"""The vLLM engine up to the engine core, on real vLLM objects, without starting it.
 
 vLLM builds its full engine configuration from the arguments vlmserve derives, renders chat
 requests through its own renderer and multimodal processor (the code path ``VLLMEngine.generate``
-uses), and validates sampling parameters as it does when a request arrives. Only the engine core
-(CUDA kernels) is out of reach here; the last test runs it where a GPU is present.
+uses), and validates sampling parameters as it does when a request arrives. The engine core itself
+runs in tests/test_api.py, behind the real server, for every family.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -32,38 +31,23 @@ from vlmserve.engine.errors import RequestRejected
 from vlmserve.engine.prepare import resolve_sampling, shared_processor_kwargs
 from vlmserve.models.families import FAMILIES as ALL_FAMILIES
 from vlmserve.models.families import get_family
-from vlmserve.planner.gpus import detect_gpus
 
 pytest.importorskip("vllm")
 
 FAMILIES = tuple(ALL_FAMILIES)
 #: A large photo-sized image: its tile count, and so its token count, depends on detail.
 LARGE = (1024, 768)
-#: Bump when the tiny builders change, so cached checkpoints are rebuilt.
-TINY_VERSION = 1
 
 
 @pytest.fixture(scope="module")
-def tiny_vllm_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """``tiny_vllm_model(family)`` -> a tiny checkpoint, kept in ``VLMSERVE_TEST_CACHE`` if set."""
-    cached = os.environ.get("VLMSERVE_TEST_CACHE")
-    root = Path(cached) if cached else tmp_path_factory.mktemp("tiny")
-
-    def build(family: str) -> Path:
-        path = root / f"{family}-v{TINY_VERSION}"
-        if not (path / "config.json").exists():
-            get_family(family).build_tiny(path)
-        return path
-
-    return build
+def tiny_vllm_model(tiny_model: Callable[[str], Path]) -> Callable[[str], Path]:
+    """``tiny_vllm_model(family)`` -> the session's tiny checkpoint."""
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
 def vllm_mod() -> Any:
-    """The vLLM engine module, with vLLM set up for this GPU-less machine."""
-    from tests import vllm_cpu
-
-    vllm_cpu.install()
+    """The vLLM engine module."""
     from vlmserve.engine import vllm_engine
 
     return vllm_engine
@@ -139,7 +123,8 @@ def test_each_vllm_setting_applies_once(vllm_mod: Any) -> None:
 
     from vlmserve.models.catalog import get_model
     from vlmserve.planner.gpus import gpus_to_plan_for
-    from vlmserve.planner.planner import Overrides, Workload, plan_model
+    from vlmserve.planner.plan import Overrides, Workload
+    from vlmserve.planner.planner import plan_model
 
     settings = Settings(max_num_seqs=8, load_format="dummy", gpu_memory_utilization=0.8)
     plan = plan_model(
@@ -506,44 +491,3 @@ def test_stat_logger_snapshot(vllm_mod: Any) -> None:
     logger.record(None, None, engine_idx=0)
     stats = snapshot.stats()
     assert (stats.running, stats.waiting, stats.kv_cache_usage) == (3, 2, 0.4)
-
-
-# -- on a GPU node only: the real engine core ---------------------------------------------------
-
-
-@pytest.mark.skipif(not detect_gpus(), reason="the vLLM engine core needs an NVIDIA GPU")
-def test_engine_streams_and_aborts_on_gpu(tiny_vllm_model: Callable[[str], Path]) -> None:
-    from vlmserve.engine.vllm_engine import VLLMEngine, engine_args_from_settings
-
-    async def scenario() -> None:
-        # InternVL: the family whose vLLM path also works with the newest transformers.
-        path = tiny_vllm_model("internvl")
-        settings = Settings(max_model_len=4096, gpu_memory_utilization=0.3)
-        engine = VLLMEngine(
-            path, engine_args_from_settings(settings, path, {"enforce_eager": True})
-        )
-        await engine.start()
-        try:
-            request = await engine.prepare(chat([ImageInput(image(), "high")]))
-            outputs = [out async for out in engine.generate(request)]
-            assert outputs[0].prompt_tokens > get_family("internvl").image_tokens(*LARGE)
-            assert outputs[-1].deltas[-1].finish_reason in ("stop", "length")
-            long = chat([ImageInput(image(), "high")])
-            long.request_id = "req-long"
-            long.sampling = SamplingOptions(max_tokens=2000, ignore_eos=True)
-            stream = engine.generate(await engine.prepare(long))
-            await stream.__anext__()
-            assert engine.stats().running == 1
-            await stream.aclose()
-            # Had the abort not reached the engine core, the long request would still run
-            # next to the follow-up one.
-            follow_up = chat([ImageInput(image((448, 448)), "low")])
-            follow_up.request_id = "req-after"
-            follow = await engine.prepare(follow_up)
-            running = [engine.stats().running async for _ in engine.generate(follow)]
-            assert max(running) == 1
-            assert engine.stats().running == 0
-        finally:
-            await engine.shutdown()
-
-    asyncio.run(scenario())

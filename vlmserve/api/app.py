@@ -34,9 +34,12 @@ from vlmserve.api.protocol import (
     ModelList,
     now,
 )
+from vlmserve.cache.lookup import ResponseCache, engine_request_key
 from vlmserve.config import Settings
 from vlmserve.engine.base import Engine
 from vlmserve.logs import request_id_var
+from vlmserve.state.limits import SharedRateLimiter
+from vlmserve.state.link import RedisLink
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +64,13 @@ class ServerState:
         self.created = now()
         self.admission = Admission(settings.max_queued_requests)
         self.keys = KeyChecker(load_api_keys(settings))
-        self.limiter = RateLimiter(
-            settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute
+        self.link = RedisLink.from_settings(settings)
+        self.cache = ResponseCache(settings, self.link, self.metrics.registry)
+        self.limiter = SharedRateLimiter(
+            RateLimiter(
+                settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute
+            ),
+            self.link,
         )
         #: Called when the model cannot be loaded (the CLI stops the server).
         self.on_fatal: Callable[[BaseException], None] = lambda exc: None
@@ -137,8 +145,8 @@ class EventStreamResponse(StreamingResponse):
     the engine request at once when the client goes away mid-stream.
     """
 
-    def __init__(self, events: AsyncIterator[str]) -> None:
-        super().__init__(events, media_type="text/event-stream")
+    def __init__(self, events: AsyncIterator[str], headers: dict[str, str] | None = None) -> None:
+        super().__init__(events, media_type="text/event-stream", headers=headers)
         self._events = events
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -157,9 +165,9 @@ def _caller(request: Request, credentials: Credentials) -> str:
 Caller = Annotated[str, Depends(_caller)]
 
 
-def _admitted_caller(request: Request, who: Caller) -> str:
+async def _admitted_caller(request: Request, who: Caller) -> str:
     """The caller, once its rate limits admit one more request (else 429)."""
-    request.app.state.vlm.limiter.admit(who)
+    await request.app.state.vlm.limiter.admit(who)
     return who
 
 
@@ -196,6 +204,9 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
         state.chat.images.close()
         state.ready = False
         await engine.shutdown()
+        await state.limiter.settle()
+        if state.link is not None:
+            await state.link.close()
 
     app = FastAPI(title="vlmserve", version="0.1.0", lifespan=lifespan)
     app.state.vlm = state
@@ -219,15 +230,24 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
         charge = functools.partial(state.limiter.charge, who)
         async with deadline_scope(deadline):
             prepared = await handler.prepare(body, request_id_var.get())
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        key = engine_request_key(model_id, prepared)
+        cached = await state.cache.lookup(key, request.headers.get("cache-control"))
+        if cached.answer is not None:
+            return cached.replay(body.stream, include_usage)
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            # Usage always: the cache stores it; record_stream drops it unless asked for.
             events = await with_cancellation(
-                request, handler.open_stream(prepared, include_usage, deadline, charge)
+                request, handler.open_stream(prepared, True, deadline, charge)
             )
             if isinstance(events, Response):
                 return events
-            return EventStreamResponse(events)
-        return await with_cancellation(request, handler.complete(prepared, deadline, charge))
+            return EventStreamResponse(cached.record_stream(events, include_usage), cached.headers)
+        result = await with_cancellation(request, handler.complete(prepared, deadline, charge))
+        if isinstance(result, ChatCompletion):
+            await cached.record(result.model_dump())
+            return JSONResponse(result.model_dump(), headers=cached.headers)
+        return result
 
     @app.get("/v1/models", response_model=ModelList, responses=_ERRORS)
     async def list_models(_: Caller) -> ModelList:

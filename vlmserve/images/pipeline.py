@@ -114,7 +114,7 @@ class ImagePipeline:
         limits: ImageLimits,
         media: MediaFetcher,
         rule: FamilyImageRule | None,
-        metrics: Metrics,
+        metrics: Metrics | None = None,
         *,
         workers: int | None = None,
         downscale: bool = True,
@@ -163,9 +163,9 @@ class ImagePipeline:
         for source in sources:
             if source.cached is None and source.key not in decoding:
                 decoding[source.key] = asyncio.ensure_future(self._decode(source))
-        hits = len(sources) - len(decoding)
-        self.metrics.image_cache_hits.inc(hits)
-        self.metrics.image_cache_misses.inc(len(decoding))
+        if self.metrics is not None:
+            self.metrics.image_cache_hits.inc(len(sources) - len(decoding))
+            self.metrics.image_cache_misses.inc(len(decoding))
         decoded = dict(zip(decoding, await gather_or_cancel(list(decoding.values())), strict=True))
         out = []
         for source in sources:

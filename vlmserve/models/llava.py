@@ -6,6 +6,7 @@ its size or detail.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,6 +16,18 @@ CLIP_IMAGE_SIZE = 336
 CLIP_PATCH_SIZE = 14
 #: Tokens one 336x336 CLIP crop yields (the CLS token is dropped by the "default" strategy).
 CLIP_GRID_TOKENS = (CLIP_IMAGE_SIZE // CLIP_PATCH_SIZE) ** 2
+#: transformers 5 saves a LLaVA's CLIP tower one level flatter than the hub checkpoints do
+#: (``vision_tower.embeddings.*`` for ``vision_tower.vision_model.embeddings.*``); vLLM reads
+#: only the hub layout. ``FLAT_CLIP_TOWER.sub(HUB_CLIP_TOWER, name)`` gives the hub name.
+FLAT_CLIP_TOWER = re.compile(
+    r"^((?:model\.)?vision_tower\.)(?=(?:embeddings|encoder|pre_layrnorm|post_layernorm)\.)"
+)
+HUB_CLIP_TOWER = r"\1vision_model."
+
+
+def hub_weight_name(name: str) -> str:
+    """A LLaVA weight's name in the hub layout (names already in it are kept)."""
+    return FLAT_CLIP_TOWER.sub(HUB_CLIP_TOWER, name)
 
 
 def clip_vision_config() -> dict[str, object]:
@@ -137,4 +150,5 @@ class Llava15(ModelFamily):
             config,
             processor,
             eos_token_id=tokenizer.eos_token_id,
+            rename=hub_weight_name,
         )

@@ -20,6 +20,7 @@ from vlmserve.models.llava import (
     CLIP_IMAGE_SIZE,
     CLIP_PATCH_SIZE,
     CLIP_SIZES,
+    hub_weight_name,
     llava_config_kwargs,
     llava_processor_kwargs,
     llava_tokenizer,
@@ -146,4 +147,5 @@ class LlavaNext(ModelFamily):
             config,
             processor,
             eos_token_id=tokenizer.eos_token_id,
+            rename=hub_weight_name,
         )

@@ -12,8 +12,14 @@ from typing import Any
 
 import torch
 
-from vlmserve.models.phi3v import PHI3_MINI, special_tokens
-from vlmserve.models.phi3v_image import CLIP_MEAN, CLIP_STD, CROP_TOKENS, DEFAULT_NUM_CROPS
+from vlmserve.models.phi3v_spec import (
+    CLIP_MEAN,
+    CLIP_STD,
+    CROP_TOKENS,
+    DEFAULT_NUM_CROPS,
+    PHI3_MINI,
+    special_tokens,
+)
 
 # From microsoft/Phi-3-vision-128k-instruct's config.json ("su" rope, 48 factors = head_dim / 2).
 LONG_FACTOR = [
@@ -84,7 +90,12 @@ VARIANTS = {
 
 
 def config_json(
-    name: str, text: dict[str, int], *, layer_idx: int | None = None, long_context: bool = True
+    name: str,
+    text: dict[str, int],
+    *,
+    layer_idx: int | None = None,
+    long_context: bool = True,
+    sliding_window: int | None = 131072,
 ) -> dict[str, Any]:
     """``config.json`` in Microsoft's layout for a language model of ``text``'s size."""
     img_processor: dict[str, Any] = {
@@ -124,7 +135,7 @@ def config_json(
         "rms_norm_eps": 1e-05,
         **({"rope_scaling": rope} if long_context else {}),
         "rope_theta": 10000.0,
-        "sliding_window": 131072,
+        "sliding_window": sliding_window,
         "tie_word_embeddings": False,
         "torch_dtype": "bfloat16",
         "use_cache": True,
@@ -188,8 +199,11 @@ def write_tiny(out_dir: Path, chat_template: str) -> Path:
         "vocab_size": PHI3_MINI["vocab_size"],
     }
     # layer_idx -25 of a 24-layer CLIP is its embedding output (no encoder layer runs), in the
-    # original and in vLLM alike: a tiny vision tower that keeps the real patch geometry.
-    config = config_json("vlmserve-tiny-phi3v", text, layer_idx=-25, long_context=False)
+    # original and in vLLM alike: a tiny vision tower that keeps the real patch geometry. No
+    # sliding window: vLLM's CPU attention refuses one whose size its block size cannot align to.
+    config = config_json(
+        "vlmserve-tiny-phi3v", text, layer_idx=-25, long_context=False, sliding_window=None
+    )
     torch.manual_seed(SEED)
     model = Phi3VForCausalLM(Phi3VConfig(**config)).eval()
     with torch.no_grad():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,14 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedModel, PreTrainedTokenizerFast, ProcessorMixin
 
-#: Small text dimensions shared by every tiny language model.
+#: Small text dimensions shared by every tiny language model. Heads are 32 wide: the narrowest
+#: vLLM's CPU attention kernels take (16 starts, then fails on the first request).
 TINY_TEXT = {
     "hidden_size": 64,
     "intermediate_size": 128,
     "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
     "max_position_embeddings": 8192,
 }
 #: Small vision-tower dimensions (the image and patch sizes stay real).
@@ -44,10 +46,14 @@ _WORDS = (
 
 
 def _corpus() -> list[str]:
-    """Deterministic English-like lines to train the tiny tokenizer on."""
+    """Deterministic English-like lines to train the tiny tokenizer on, and JSON objects, so
+    that structured output (braces, quotes, digits) can be written with the vocabulary."""
     lines = []
     for a, b, c in itertools.islice(itertools.product(_WORDS, repeat=3), 6000):
         lines.append(f"{a} {b} {c}. {a.capitalize()}, {c}?")
+    for i, (a, b) in enumerate(itertools.islice(itertools.product(_WORDS, repeat=2), 600)):
+        flag = "true" if i % 2 else "false"
+        lines.append(f'{{"{a}": "{b}", "n": {i % 10}, "ok": {flag}, "x": [null]}}')
     return lines
 
 
@@ -103,13 +109,28 @@ def save_checkpoint(
     processor: ProcessorMixin,
     *,
     eos_token_id: int,
+    rename: Callable[[str], str] | None = None,
 ) -> Path:
-    """Instantiate random weights for ``config`` and save model and processor to ``out_dir``."""
+    """Instantiate random weights for ``config`` and save model and processor to ``out_dir``.
+
+    ``rename`` maps the weight names transformers saves to the names the published checkpoints
+    use, where the two differ.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(SEED)
     model = model_class(config).eval()
     model.generation_config.eos_token_id = eos_token_id
     model.save_pretrained(out_dir)
+    if rename is not None:
+        _rename_weights(out_dir / "model.safetensors", rename)
     processor.save_pretrained(out_dir)
     (out_dir / "vlmserve_tiny.json").write_text(json.dumps({"tiny": True}) + "\n")
     return out_dir
+
+
+def _rename_weights(path: Path, rename: Callable[[str], str]) -> None:
+    """Rewrite one safetensors file with every tensor under its renamed name."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = {rename(name): tensor for name, tensor in load_file(path).items()}
+    save_file(tensors, path, metadata={"format": "pt"})

@@ -1,0 +1,57 @@
+"""What vLLM's CPU build cannot run, found from a checkpoint's ``config.json`` before it starts.
+
+vLLM's CPU attention kernels take a fixed set of head sizes. A model outside that set loads,
+reports ready, and then kills the engine on its first request; asking here turns that into one
+line at start-up. The set comes from vLLM's own CPU attention backend, so it follows the vLLM
+version installed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+#: Where each served family keeps its language model's config (top level for Phi-3-V).
+_TEXT_CONFIG_KEYS = ("text_config", "llm_config")
+
+
+def text_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The language model's part of a vision-language ``config.json``."""
+    for key in _TEXT_CONFIG_KEYS:
+        if isinstance(config.get(key), dict):
+            return dict(config[key])
+    return config
+
+
+def text_head_size(model_path: str | Path) -> int | None:
+    """The language model's attention head width, or None when the config does not say."""
+    text = text_config(json.loads((Path(model_path) / "config.json").read_text()))
+    if text.get("head_dim"):
+        return int(text["head_dim"])
+    hidden, heads = text.get("hidden_size"), text.get("num_attention_heads")
+    if not hidden or not heads:
+        return None
+    return int(hidden) // int(heads)
+
+
+def cpu_supported_head_sizes() -> list[int]:
+    """The head sizes vLLM's CPU attention kernels take."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    return list(CPUAttentionBackend.get_supported_head_sizes())
+
+
+def cpu_refusal(model_path: str | Path) -> str | None:
+    """Why vLLM's CPU build cannot serve ``model_path``, or None when nothing stands in the way."""
+    head = text_head_size(model_path)
+    if head is None:
+        return None
+    supported = cpu_supported_head_sizes()
+    if head not in supported:
+        sizes = ", ".join(str(s) for s in supported)
+        return (
+            f"its attention head size is {head}, and vLLM's CPU attention takes only {sizes}; "
+            "serve it with --engine transformers"
+        )
+    return None

@@ -1,7 +1,9 @@
 """A corpus of bad requests for the reliability run: each must get a 4xx in OpenAI's shape.
 
 The URLs that point at private or link-local addresses are literals the server refuses before it
-connects (the reliability server runs with the default media settings).
+connects (the reliability server runs with the default media settings). :func:`costly_cases`
+are requests that would cost the server memory or CPU if it did not refuse them early: they must
+be refused quickly, with a given status, while other clients go on being served.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -116,3 +120,50 @@ def corpus(model: str) -> list[Case]:
         ("unknown model route", "GET", "/v1/models/other", {}, None),
     ]
     return cases
+
+
+#: Bytes of the oversized bodies: above the default limit (about 214 MB), and the size that
+#: drove a server without a limit to the out-of-memory killer.
+_CHUNK = b"x" * 1_000_000
+_OPENING = b'{"model": "m", "messages": [{"role": "user", "content": "'
+HUGE_BODY = len(_OPENING) + 300 * len(_CHUNK)
+
+
+@dataclass(frozen=True)
+class CostlyCase:
+    """A request the server must refuse early: a fresh body each time it is sent."""
+
+    name: str
+    status: int
+    headers: dict[str, str]
+    body: Callable[[], Iterator[bytes]]
+
+
+def _huge_body() -> Iterator[bytes]:
+    """300 MB of a JSON-looking body, made as it is sent."""
+    yield _OPENING
+    for _ in range(300):
+        yield _CHUNK
+
+
+def _image_request(model: str, urls: list[str]) -> Callable[[], Iterator[bytes]]:
+    content: list[dict[str, Any]] = [{"type": "text", "text": "What is this?"}]
+    content += [{"type": "image_url", "image_url": {"url": u}} for u in urls]
+    body = json.dumps(_chat(model, messages=[{"role": "user", "content": content}])).encode()
+    return lambda: iter([body])
+
+
+def costly_cases(model: str) -> list[CostlyCase]:
+    """Oversized bodies (declared and chunked), extreme aspect ratios, too many pixels in all."""
+    strip = _data_url(_encoded(Image.new("RGB", (1, 60_000), "gray"), "PNG"))
+    thread = _data_url(_encoded(Image.new("RGB", (20_000, 1), "gray"), "PNG"))
+    # 14 megapixels each, a few kB of PNG: eight of them are 112 M pixels, over the 100 M total.
+    medium = _data_url(_encoded(Image.new("RGB", (4000, 3500), "olive"), "PNG"))
+    declared = {**JSON, "content-length": str(HUGE_BODY)}
+    return [
+        CostlyCase("300 MB body, Content-Length", 413, declared, _huge_body),
+        CostlyCase("300 MB body, chunked", 413, JSON, _huge_body),
+        CostlyCase("1x60000 PNG", 400, JSON, _image_request(model, [strip])),
+        CostlyCase("20000x1 PNG", 400, JSON, _image_request(model, [thread])),
+        CostlyCase("8 images of 14 MP", 400, JSON, _image_request(model, [medium] * 8)),
+    ]

@@ -16,6 +16,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.bad_inputs import corpus  # noqa: E402
+from scripts.bad_inputs import CostlyCase, corpus, costly_cases  # noqa: E402
 from tests.helpers import ServerProcess, image_data_url, start_server, tiny_checkpoint  # noqa: E402
 
 
@@ -199,6 +200,70 @@ async def load(
     return result
 
 
+async def _refusal(client: httpx.AsyncClient, case: CostlyCase) -> tuple[int, float, float, str]:
+    """(status, seconds in all, seconds after the last byte was sent, error code).
+
+    httpx, like most clients, reads the answer only once it has sent the whole body, so for the
+    300 MB bodies the time in all is mostly the upload; the time after the last byte is the
+    server's part.
+    """
+    sent = [0.0]
+
+    async def body() -> AsyncIterator[bytes]:
+        for chunk in case.body():
+            yield chunk
+        sent[0] = time.perf_counter()
+
+    started = time.perf_counter()
+    response = await client.post("/v1/chat/completions", content=body(), headers=case.headers)
+    done = time.perf_counter()
+    code = response.json()["error"]["code"] if _openai_shaped(response) else "not shaped"
+    return response.status_code, done - started, done - (sent[0] or started), str(code)
+
+
+async def costly_under_load(server: ServerProcess, concurrency: int) -> bool:
+    """Each costly case sent while ``concurrency`` normal clients stream; refusals are timed."""
+    cases = costly_cases(server.model)
+    done = asyncio.Event()
+    result = LoadResult()
+
+    async def normal_load() -> None:
+        limits = httpx.Limits(max_connections=concurrency)
+        async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=300) as client:
+
+            async def keep_going(worker: int) -> None:
+                i = worker
+                while not done.is_set():
+                    await one_client(client, chat_body(server.model, i, 16), False, result)
+                    i += concurrency
+
+            await asyncio.gather(*(keep_going(w) for w in range(concurrency)))
+
+    loader = asyncio.ensure_future(normal_load())
+    await asyncio.sleep(2)  # the normal load is running
+    ok = True
+    async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+        for case in cases:
+            completed_before = result.completed
+            status, seconds, after_upload, code = await _refusal(client, case)
+            good = status == case.status and after_upload < 1
+            ok = ok and good
+            print(
+                f"  {case.name}: {status} {code} {after_upload:.2f} s after the last byte sent, "
+                f"{seconds:.2f} s in all ({'ok' if good else f'WANTED {case.status} in < 1 s'}); "
+                f"normal requests completed meanwhile: {result.completed - completed_before}"
+            )
+    await asyncio.sleep(2)  # and it still is
+    done.set()
+    await loader
+    fivexx = sum(n for code, n in result.refused.items() if code.startswith("5"))
+    print(
+        f"  normal load alongside: {result.completed} completed, refused {dict(result.refused)}, "
+        f"broken {len(result.broken)}"
+    )
+    return ok and result.completed > 0 and not fivexx and not result.broken
+
+
 def engine_gauges(server: ServerProcess) -> tuple[float, float]:
     """(running, waiting) once the engine has settled (a few seconds at most)."""
     for _ in range(100):
@@ -236,6 +301,11 @@ def run_fuzz_and_corpus(server: ServerProcess, examples: int) -> bool:
     for problem in problems:
         print(f"  not a shaped 4xx: {problem}")
     return not failures and not problems
+
+
+def run_costly(server: ServerProcess) -> bool:
+    print("costly inputs, each refused while 4 normal clients stream:")
+    return asyncio.run(costly_under_load(server, 4))
 
 
 def run_load(server: ServerProcess, requests: int, concurrency: int) -> bool:
@@ -293,12 +363,25 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--fuzz-examples", type=int, default=60, help="per operation and mode")
+    parser.add_argument(
+        "--only-costly", action="store_true", help="Run only the costly-input section."
+    )
     args = parser.parse_args()
+    if args.only_costly:
+        with tempfile.TemporaryDirectory(prefix="vlmserve-reliability-") as tmp:
+            server = start(Path(tmp), "costly")
+            try:
+                ok = run_costly(server)
+            finally:
+                server.stop()
+        print("reliability (costly inputs only): " + ("all rules held" if ok else "RULES BROKEN"))
+        return 0 if ok else 1
     with tempfile.TemporaryDirectory(prefix="vlmserve-reliability-") as tmp:
         root = Path(tmp)
         server = start(root, "main")
         try:
             ok = run_fuzz_and_corpus(server, args.fuzz_examples)
+            ok = run_costly(server) and ok
             ok = run_load(server, args.requests, args.concurrency) and ok
         finally:
             server.stop()

@@ -1,4 +1,5 @@
-"""A loopback HTTP server for image-URL tests: images, redirects, a stalled URL, an endless body.
+"""A loopback HTTP server for image-URL tests: images (``?cache=`` sets their Cache-Control),
+redirects, a stalled URL, an endless body.
 
 It listens on 127.0.0.1 only, and tests point the server under test at it with
 ``allow_private_media_urls`` (or a stubbed resolver); nothing here reaches another address.
@@ -44,7 +45,9 @@ def _handler(seen: Seen) -> type[http.server.BaseHTTPRequestHandler]:
             query = {k: v[0] for k, v in parse_qs(parts.query).items()}
             seen.requests.append((parts.path, self.headers.get("Host", "")))
             if parts.path == "/image.png":
-                self._send(200, png_bytes(int(query.get("w", 64)), int(query.get("h", 48))))
+                size = int(query.get("w", 64)), int(query.get("h", 48))
+                headers = {"Cache-Control": query["cache"]} if "cache" in query else {}
+                self._send(200, png_bytes(*size), headers)
             elif parts.path == "/redirect":
                 self.send_response(302)
                 self.send_header("Location", query["to"])
@@ -67,8 +70,10 @@ def _handler(seen: Seen) -> type[http.server.BaseHTTPRequestHandler]:
             else:
                 self._send(404, b"not found")
 
-        def _send(self, status: int, body: bytes) -> None:
+        def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "image/png")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

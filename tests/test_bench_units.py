@@ -10,11 +10,18 @@ import pytest
 from PIL import Image
 
 from vlmserve.bench.client import _StreamState
+from vlmserve.bench.photos import PRESETS
 from vlmserve.bench.records import RequestRecord
 from vlmserve.bench.report import ratios, text_table
 from vlmserve.bench.runner import LoadPlan, abba_order, split
 from vlmserve.bench.stats import Distribution, cost_per_unit, percentile, ratio, summarize, tpot_of
-from vlmserve.bench.workload import Workload, load_image_dir, parse_sizes, synthetic_pool
+from vlmserve.bench.workload import (
+    Workload,
+    load_image_dir,
+    parse_sizes,
+    photo_images,
+    synthetic_pool,
+)
 
 
 @pytest.mark.parametrize("q", [0, 1, 10, 50, 90, 99, 100])
@@ -139,6 +146,28 @@ def test_bodies_carry_images_round_robin_and_length_extensions() -> None:
     bodies = workload.encoded_bodies("m", enforce_length=True)
     # Request i of a 3-image pool with 2 images each uses images 2i and 2i+1 (mod 3).
     assert json.loads(bodies[1])["messages"] == workload.body("m", 4, True)["messages"]
+
+
+def test_photo_presets_are_distinct_photo_sized_jpegs() -> None:
+    images = photo_images(640, 480, 3, seed=1)
+    assert len({i.data_url for i in images}) == 3
+    assert all((i.width, i.height, i.mime) == (640, 480, "image/jpeg") for i in images)
+    # Grain and detail make it weigh like a photo, not like a flat synthetic picture.
+    assert min(i.nbytes for i in images) > 640 * 480 // 10
+    assert PRESETS["phone"] == (4032, 3024)
+
+
+def test_multi_turn_bodies_resend_the_image_with_the_history() -> None:
+    workload = Workload(synthetic_pool([(32, 32)], "jpeg", 2), 1, "Describe.", 8, turns=3)
+    bodies = [json.loads(b) for b in workload.encoded_bodies("m", enforce_length=False)]
+    assert len(bodies) == 2 * 3
+    # All first turns, then all second turns, ...: request 3 is conversation 1's second turn.
+    roles = [m["role"] for m in bodies[3]["messages"]]
+    assert roles == ["user", "assistant", "user"]
+    assert bodies[3]["messages"][0] == bodies[1]["messages"][0]
+    assert bodies[3]["messages"][0] != bodies[0]["messages"][0]
+    assert len(bodies[5]["messages"]) == 5
+    assert workload.describe()["turns"] == 3
 
 
 def test_load_image_dir_keeps_files_as_they_are(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
+import os
 import threading
 
 import numpy as np
@@ -11,13 +13,18 @@ import pytest
 from PIL import Image
 
 from vlmserve.api.errors import BadRequestError
+from vlmserve.api.metrics import Metrics
+from vlmserve.bench.photos import photo_pixels
 from vlmserve.engine.base import ImageInput
 from vlmserve.engine.errors import RequestRejected
 from vlmserve.engine.prepare import check_image_tokens
-from vlmserve.images.decode import ImageLimits, decode_image
+from vlmserve.images.codec import ImageLimits, ImageRefused, decode_image
+from vlmserve.images.fetch import MediaFetcher, MediaPolicy
+from vlmserve.images.pipeline import ImagePipeline, ImageRef
+from vlmserve.models.families import get_family
 
 LIMITS = ImageLimits(max_bytes=5_000_000, max_pixels=4_000_000)
-PARAM = "messages[0].content[0].image_url"
+PARAM = "messages[0].content[1].image_url"
 
 
 def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
@@ -27,7 +34,7 @@ def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
 
 
 def decode(data: bytes, limits: ImageLimits = LIMITS) -> Image.Image:
-    return asyncio.run(decode_image(data, PARAM, limits))
+    return decode_image(data, limits)
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF"])
@@ -86,18 +93,18 @@ def test_pixel_limit_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(Image.Image, "load", load)
     monkeypatch.setattr("PIL.ImageFile.ImageFile.load", load)
-    with pytest.raises(BadRequestError) as err:
+    with pytest.raises(ImageRefused) as err:
         decode(data, ImageLimits(max_bytes=5_000_000, max_pixels=1_000_000))
-    assert err.value.code == "image_too_large" and err.value.param == PARAM
+    assert err.value.code == "image_too_large"
     assert not loaded.is_set()
 
 
 def test_byte_limit_and_unsupported_formats() -> None:
     data = encode(Image.new("RGB", (200, 200)), "BMP")
-    with pytest.raises(BadRequestError) as err:
+    with pytest.raises(ImageRefused) as err:
         decode(data, ImageLimits(max_bytes=1000, max_pixels=4_000_000))
     assert err.value.code == "image_too_large"
-    with pytest.raises(BadRequestError) as err:
+    with pytest.raises(ImageRefused) as err:
         decode(encode(Image.new("RGB", (8, 8)), "TIFF"))
     assert err.value.code == "invalid_image"
 
@@ -117,16 +124,69 @@ def test_image_token_budget_names_the_image_that_goes_over() -> None:
     assert err.value.param == "messages"
 
 
-def test_decoding_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    import vlmserve.images.decode as images
+def pipeline(workers: int, cache_bytes: int = 0) -> ImagePipeline:
+    policy = MediaPolicy(max_bytes=LIMITS.max_bytes, timeout=1.0)
+    return ImagePipeline(
+        LIMITS,
+        MediaFetcher(policy),
+        get_family("llava"),
+        Metrics(lambda: None),
+        workers=workers,
+        cache_bytes=cache_bytes,
+    )
+
+
+def data_url(image: Image.Image, fmt: str = "PNG") -> str:
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(encode(image, fmt)).decode()
+
+
+def test_decoding_runs_in_a_thread_without_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vlmserve.images.pipeline as module
 
     threads: list[threading.Thread] = []
-    real = images._open_checked
+    real = module.decode_scaled
 
     def spy(*args):  # type: ignore[no-untyped-def]
         threads.append(threading.current_thread())
         return real(*args)
 
-    monkeypatch.setattr(images, "_open_checked", spy)
-    decode(encode(Image.new("RGB", (8, 8)), "PNG"))
+    monkeypatch.setattr(module, "decode_scaled", spy)
+    refs = [ImageRef(data_url(Image.new("RGB", (8, 8))), "auto", PARAM)]
+    (image,) = asyncio.run(pipeline(workers=0).load(refs))
+    assert image.size == (8, 8)
     assert threads and threads[0] is not threading.main_thread()
+
+
+def test_decoding_runs_in_worker_processes_and_is_cached() -> None:
+    """Two workers decode a phone photo shrunk to LLaVA's working size; a resend is a hit."""
+    photo = Image.fromarray(photo_pixels(1600, 1200, 3))
+    loader = pipeline(workers=2, cache_bytes=10_000_000)
+    refs = [ImageRef(data_url(photo, "JPEG"), "auto", PARAM)]
+
+    async def twice() -> tuple[Image.Image, Image.Image]:
+        loader.start()
+        try:
+            (first,) = await loader.load(refs)
+            (second,) = await loader.load(refs)
+            pids = loader.worker_pids()
+            assert len(pids) == 2 and os.getpid() not in pids
+            return first, second
+        finally:
+            loader.close()
+
+    first, second = asyncio.run(twice())
+    assert first.size == second.size == (448, 336)
+    assert loader.metrics.image_cache_hits._value.get() == 1
+    assert loader.metrics.image_cache_misses._value.get() == 1
+
+
+def test_a_refusal_from_a_worker_names_the_image() -> None:
+    refs = [
+        ImageRef(data_url(Image.new("RGB", (8, 8))), "auto", "messages[0].content[0].image_url"),
+        ImageRef(
+            "data:image/png;base64," + base64.b64encode(b"not an image").decode(), "auto", PARAM
+        ),
+    ]
+    with pytest.raises(BadRequestError) as err:
+        asyncio.run(pipeline(workers=0).load(refs))
+    assert err.value.code == "invalid_image" and err.value.param == PARAM

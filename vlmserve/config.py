@@ -129,6 +129,23 @@ class Settings(BaseSettings):
         description="Largest request body, in bytes; past it a 413 and nothing more is read. "
         "Unset: max_images_per_request images of max_image_bytes in base64, plus 1 MiB.",
     )
+    image_workers: int | None = Field(
+        default=None,
+        ge=0,
+        description="Processes that decode and shrink images, off the event loop and across "
+        "cores; unset: one per CPU core (at most 32); 0: a thread of the server process.",
+    )
+    image_downscale: bool = Field(
+        default=True,
+        description="Shrink each decoded image to the smallest size its model family sees no less "
+        "of (same aspect ratio and image-token count) before the image processor.",
+    )
+    image_cache_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=0,
+        description="Bytes of decoded images kept, keyed by the SHA-256 of the image bytes, so a "
+        "conversation that resends its images decodes them once; 0 turns the cache off.",
+    )
     media_fetch_timeout_seconds: float = Field(
         default=10.0,
         gt=0,

@@ -201,9 +201,11 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
             logger.info("model %s is ready on the %s engine", model_id, engine.name)
             batches.runner.start()
 
+        state.chat.images.start()
         loader = asyncio.create_task(load())
         yield
         loader.cancel()
+        state.chat.images.close()
         state.ready = False
         # Before the engine: lines cut here stay pending, rather than failing as "shutting down".
         await batches.runner.stop()

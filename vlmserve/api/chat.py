@@ -53,7 +53,7 @@ from vlmserve.engine.base import (
 )
 from vlmserve.engine.errors import EngineError
 from vlmserve.engine.prepare import check_image_count
-from vlmserve.images.decode import ImageLimits
+from vlmserve.images.codec import ImageLimits
 from vlmserve.images.fetch import MediaFetcher, MediaPolicy
 from vlmserve.images.pipeline import ImagePipeline, ImageRef
 
@@ -126,6 +126,10 @@ class ChatHandler:
             ImageLimits.from_settings(settings),
             MediaFetcher(MediaPolicy.from_settings(settings)),
             engine.family,
+            metrics,
+            workers=settings.image_workers,
+            downscale=settings.image_downscale,
+            cache_bytes=settings.image_cache_bytes,
         )
 
     async def prepare(self, body: ChatCompletionRequest, request_id: str) -> PreparedRequest:

@@ -69,6 +69,16 @@ class Metrics:
             "vlmserve_generation_tokens", "Tokens generated.", registry=self.registry
         )
         self.images = Counter("vlmserve_images", "Images received.", registry=self.registry)
+        self.image_cache_hits = Counter(
+            "vlmserve_image_cache_hits",
+            "Images taken from the decoded-image cache.",
+            registry=self.registry,
+        )
+        self.image_cache_misses = Counter(
+            "vlmserve_image_cache_misses",
+            "Images decoded because the cache did not hold them.",
+            registry=self.registry,
+        )
         self.registry.register(_EngineCollector(engine_stats))
 
     def render(self) -> bytes:

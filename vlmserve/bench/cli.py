@@ -66,12 +66,27 @@ def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+    from vlmserve.bench.photos import PRESETS
+
     group = parser.add_argument_group("workload")
     group.add_argument(
         "--image-size", default="336x336", help="Synthetic sizes, e.g. 336x336,1024x768."
     )
     group.add_argument("--image-format", choices=["png", "jpeg"], default="jpeg")
     group.add_argument("--image-dir", type=Path, help="Send the images in this folder instead.")
+    group.add_argument(
+        "--image-preset",
+        choices=sorted(PRESETS),
+        help="Photo-like JPEGs at a camera's size (phone: 4032x3024); replaces --image-size.",
+    )
+    group.add_argument(
+        "--workload",
+        choices=["single", "multi-turn"],
+        default="single",
+        help="multi-turn: each image opens a conversation that is resent, images included, "
+        "with each of --turns turns.",
+    )
+    group.add_argument("--turns", type=int, default=4, help="Turns per multi-turn conversation.")
     group.add_argument("--images-per-request", type=int, default=1)
     group.add_argument(
         "--distinct-images", type=int, default=64, help="Synthetic images generated (cycled)."

@@ -8,8 +8,15 @@ import logging
 import httpx
 
 from vlmserve.bench.client import make_headers
+from vlmserve.bench.photos import PRESETS
 from vlmserve.bench.runner import Level, LoadPlan, Target
-from vlmserve.bench.workload import Workload, load_image_dir, parse_sizes, synthetic_pool
+from vlmserve.bench.workload import (
+    Workload,
+    load_image_dir,
+    parse_sizes,
+    photo_images,
+    synthetic_pool,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +55,15 @@ def build_workload(args: argparse.Namespace) -> Workload:
     """Encode the images (from ``--image-dir`` or synthetic) before any timing starts."""
     if args.images_per_request < 0 or args.output_tokens < 1:
         raise ValueError("--images-per-request must be >= 0 and --output-tokens >= 1")
+    if args.workload == "multi-turn" and args.turns < 2:
+        raise ValueError("--turns must be at least 2 for the multi-turn workload")
     if args.image_dir is not None:
         images = load_image_dir(args.image_dir)
         source = f"folder {args.image_dir}"
+    elif args.image_preset is not None:
+        width, height = PRESETS[args.image_preset]
+        images = photo_images(width, height, args.distinct_images, args.seed)
+        source = f"photo-like jpeg, preset {args.image_preset}"
     else:
         images = synthetic_pool(
             parse_sizes(args.image_size), args.image_format, args.distinct_images, args.seed
@@ -63,6 +76,7 @@ def build_workload(args: argparse.Namespace) -> Workload:
         output_tokens=args.output_tokens,
         detail=args.detail,
         source=source,
+        turns=args.turns if args.workload == "multi-turn" else 1,
     )
 
 

@@ -195,6 +195,8 @@ def markdown_summary(
         f"- workload: {workload.get('images_per_request')} image(s) per request, "
         f"sizes {', '.join(workload.get('image_sizes', []))}, "
         f"{workload.get('output_tokens')} output tokens requested"
+        + (f", {workload['turns']} turns per conversation" if workload.get("turns", 1) > 1 else "")
+        + f" ({workload.get('source')})"
     )
     for title, (headers, rows) in _sections(summaries, ratio_rows):
         lines += ["", f"## {title}", "", markdown_table(headers, rows)]

@@ -17,9 +17,14 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from vlmserve.bench.photos import photo_pool
+
 logger = logging.getLogger(__name__)
 
 ImageFormat = Literal["png", "jpeg"]
+#: What earlier assistant turns say in the multi-turn workload (the replies are not waited for).
+ASSISTANT_TURN = "It shows a colourful scene with soft gradients."
+FOLLOW_UP = "Tell me more about the colours."
 _MIME_BY_SUFFIX = {
     ".png": "image/png",
     ".jpg": "image/jpeg",
@@ -107,9 +112,24 @@ def load_image_dir(folder: Path) -> list[EncodedImage]:
     return images
 
 
+def photo_images(width: int, height: int, count: int, seed: int) -> list[EncodedImage]:
+    """``count`` distinct photo-like JPEGs (see :mod:`vlmserve.bench.photos`) as data URLs."""
+    return [
+        EncodedImage(_data_url(data, "image/jpeg"), width, height, "image/jpeg", len(data))
+        for data in photo_pool(width, height, count, seed)
+    ]
+
+
 @dataclass
 class Workload:
-    """The requests of a run: every request carries the same prompt and the same image count."""
+    """The requests of a run: every request carries the same prompt and the same image count.
+
+    With ``turns`` above 1 it is the multi-turn workload: each image set opens a conversation,
+    and later requests continue it, resending the whole conversation, images included, as chat
+    clients do. Conversations advance one turn per pass over the image pool (all first turns,
+    then all second turns, ...), so no turn is sent before the one it follows has been answered
+    unless the run's concurrency exceeds the pool.
+    """
 
     images: list[EncodedImage]
     images_per_request: int
@@ -117,6 +137,22 @@ class Workload:
     output_tokens: int
     detail: str | None = None
     source: str = "synthetic"
+    turns: int = 1
+
+    def conversations(self) -> int:
+        """Distinct image sets, each opening one conversation."""
+        return max(len(self.images), 1)
+
+    def messages(self, index: int) -> list[dict[str, Any]]:
+        """The chat messages of request ``index``."""
+        conversation = index % self.conversations()
+        turn = (index // self.conversations()) % self.turns
+        content = [{"type": "text", "text": self.prompt}, *self.image_parts(conversation)]
+        messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
+        for _ in range(turn):
+            messages.append({"role": "assistant", "content": ASSISTANT_TURN})
+            messages.append({"role": "user", "content": FOLLOW_UP})
+        return messages
 
     def image_parts(self, index: int) -> list[dict[str, Any]]:
         """The ``image_url`` content parts of request ``index``, taken round-robin from the pool."""
@@ -141,10 +177,9 @@ class Workload:
         ``enforce_length`` adds vLLM's length extensions; ``extra`` is merged in last (server
         specific fields such as transformers' ``generation_config``).
         """
-        content = [{"type": "text", "text": self.prompt}, *self.image_parts(index)]
         body: dict[str, Any] = {
             "model": model,
-            "messages": [{"role": "user", "content": content}],
+            "messages": self.messages(index),
             "max_tokens": self.output_tokens,
             "stream": True,
             "stream_options": {"include_usage": True},
@@ -159,8 +194,8 @@ class Workload:
     def encoded_bodies(
         self, model: str, enforce_length: bool, extra: dict[str, Any] | None = None
     ) -> list[bytes]:
-        """Serialised bodies, one per distinct image combination; request i uses ``[i % len]``."""
-        distinct = max(len(self.images), 1)
+        """Serialised bodies, one per image combination and turn; request i uses ``[i % len]``."""
+        distinct = self.conversations() * self.turns
         return [
             json.dumps(self.body(model, i, enforce_length, extra)).encode() for i in range(distinct)
         ]
@@ -178,4 +213,5 @@ class Workload:
             "prompt": self.prompt,
             "output_tokens": self.output_tokens,
             "detail": self.detail,
+            "turns": self.turns,
         }

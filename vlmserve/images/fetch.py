@@ -24,6 +24,7 @@ import httpx
 
 from vlmserve.api.errors import BadRequestError
 from vlmserve.config import Settings
+from vlmserve.images.cache import freshness_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,10 @@ class MediaFetcher:
 
     async def fetch(self, url: str, param: str) -> bytes:
         """The bytes behind ``url``; any refusal or failure is a :class:`BadRequestError`."""
+        return (await self.fetch_fresh(url, param))[0]
+
+    async def fetch_fresh(self, url: str, param: str) -> tuple[bytes, float]:
+        """The bytes behind ``url`` and how many seconds HTTP caching lets them be reused."""
         scheme = url.partition(":")[0].lower()
         if scheme in ("http", "https"):
             try:
@@ -133,14 +138,14 @@ class MediaFetcher:
                     "image_fetch_timeout",
                 ) from None
         if scheme == "file":
-            return await asyncio.to_thread(self._read_file, url, param)
+            return await asyncio.to_thread(self._read_file, url, param), 0.0
         raise _refuse(
             "Image URLs must be data:, http(s):// or (when enabled) file:// URLs.",
             param,
             "unsupported_image_url",
         )
 
-    async def _fetch_http(self, url: str, param: str) -> bytes:
+    async def _fetch_http(self, url: str, param: str) -> tuple[bytes, float]:
         target = httpx.URL(url)
         async with httpx.AsyncClient(
             verify=self._tls, trust_env=False, timeout=self.policy.timeout
@@ -155,7 +160,8 @@ class MediaFetcher:
                             target = target.join(location)
                             continue
                         _check_status(response, target, param)
-                        return await self._read_body(response, param)
+                        body = await self._read_body(response, param)
+                        return body, freshness_seconds(response.headers)
                     finally:
                         await response.aclose()
                 except httpx.TimeoutException:

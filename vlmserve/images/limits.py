@@ -12,7 +12,7 @@ from typing import Protocol
 
 from vlmserve.api.errors import BadRequestError
 from vlmserve.engine.base import Detail
-from vlmserve.images.decode import ImageLimits
+from vlmserve.images.codec import ImageLimits
 
 
 class ResizeRule(Protocol):

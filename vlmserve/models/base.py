@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import abc
 import json
+import math
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -45,6 +46,34 @@ class ModelFamily(abc.ABC):
         fits inside it. Its area bounds the processor's work on the image; an image at least this
         large in both directions is only ever scaled down by the processor.
         """
+
+    def working_size(self, width: int, height: int, detail: Detail = "high") -> tuple[int, int]:
+        """The smallest size, aspect ratio kept, that the model sees no less of than the original.
+
+        At this size every resize the processor makes still scales down (or not at all), and the
+        image-token count is the one of the original size; so an image can be shrunk to it before
+        it reaches the processor. The image's own size when it is already no larger.
+        """
+        target_w, target_h = self.processed_size(width, height, detail)
+        scale = max(target_w / width, target_h / height)
+        if scale >= 1:
+            return width, height
+        tokens = self.image_tokens(width, height, detail)
+        # Rounding can move an aspect ratio across a boundary of the processor's own integer
+        # arithmetic, so candidates near the exact scale are tried, and one is taken only when
+        # the processor scales it to exactly the same size and it keeps the image-token count.
+        scales = sorted({scale, target_w / width, target_h / height}, reverse=True)
+        for factor in scales:
+            for rounding in (round, math.ceil, math.floor):
+                size = (int(rounding(width * factor)), int(rounding(height * factor)))
+                if (
+                    target_w <= size[0] <= width
+                    and target_h <= size[1] <= height
+                    and self.processed_size(*size, detail) == (target_w, target_h)
+                    and self.image_tokens(*size, detail) == tokens
+                ):
+                    return size
+        return width, height
 
     def prepare_image(self, image: Image.Image, detail: Detail) -> Image.Image:
         """Resize an image for ``detail`` when the family's knob is the input size itself."""

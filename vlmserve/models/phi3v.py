@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from vlmserve.models.base import Detail, ModelFamily
 from vlmserve.models.phi3v_spec import (
     DEFAULT_NUM_CROPS,
-    hd_size,
+    hd_resize,
     image_tokens,
     max_image_tokens,
 )
@@ -54,8 +54,8 @@ class Phi3V(ModelFamily):
         return max_image_tokens(DEFAULT_NUM_CROPS)
 
     def processed_size(self, width: int, height: int, detail: Detail = "high") -> tuple[int, int]:
-        """The HD canvas: whole 336-pixel crops across and down."""
-        return hd_size(width, height, crops_for(detail))
+        """The HD resize, before the short side is padded to whole 336-pixel crops."""
+        return hd_resize(width, height, crops_for(detail))
 
     def processor_kwargs(self, detail: Detail) -> dict[str, Any]:
         """``num_crops`` for the image processor (vLLM takes the same key)."""

@@ -18,6 +18,7 @@ from vlmserve.models.phi3v_spec import (
     CLIP_STD,
     CROP_SIZE,
     CROP_TOKENS,
+    hd_resize,
     hd_size,
     image_tokens,
     tokens_for_grid,
@@ -26,13 +27,8 @@ from vlmserve.models.phi3v_spec import (
 
 def hd_transform(image: Image.Image, num_crops: int) -> Image.Image:
     """Resize and white-pad an RGB image to its HD size, padding the short side evenly."""
-    width, height = image.size
-    target_w, target_h = hd_size(width, height, num_crops)
-    transposed = width < height
-    long_side, short_side = (height, width) if transposed else (width, height)
-    scaled_long = target_h if transposed else target_w
-    scaled_short = int(scaled_long / (long_side / short_side))
-    size = (scaled_short, scaled_long) if transposed else (scaled_long, scaled_short)
+    target_w, target_h = hd_size(image.width, image.height, num_crops)
+    size = hd_resize(image.width, image.height, num_crops)
     resized = image.resize(size, Image.Resampling.BILINEAR)
     pad_w, pad_h = target_w - size[0], target_h - size[1]
     border = (pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2)

@@ -35,15 +35,22 @@ def _scale(aspect: float, num_crops: int) -> int:
     return scale
 
 
-def hd_size(width: int, height: int, num_crops: int) -> tuple[int, int]:
-    """(width, height) of the image after the HD resize and padding: multiples of 336."""
+def hd_resize(width: int, height: int, num_crops: int) -> tuple[int, int]:
+    """(width, height) the HD transform resizes the image to, before padding."""
     transposed = width < height
     long_side, short_side = (height, width) if transposed else (width, height)
     aspect = long_side / short_side
     new_long = _scale(aspect, num_crops) * CROP_SIZE
     new_short = int(new_long / aspect)
-    padded_short = math.ceil(new_short / CROP_SIZE) * CROP_SIZE
-    return (padded_short, new_long) if transposed else (new_long, padded_short)
+    return (new_short, new_long) if transposed else (new_long, new_short)
+
+
+def hd_size(width: int, height: int, num_crops: int) -> tuple[int, int]:
+    """(width, height) of the image after the HD resize and padding: multiples of 336."""
+    new_width, new_height = hd_resize(width, height, num_crops)
+    if width < height:
+        return math.ceil(new_width / CROP_SIZE) * CROP_SIZE, new_height
+    return new_width, math.ceil(new_height / CROP_SIZE) * CROP_SIZE
 
 
 def crop_grid(width: int, height: int, num_crops: int) -> tuple[int, int]:

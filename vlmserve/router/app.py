@@ -25,7 +25,7 @@ from vlmserve.cache.answer import sse
 from vlmserve.cache.keys import image_digest, is_deterministic, request_key
 from vlmserve.cache.lookup import ResponseCache
 from vlmserve.config import Settings
-from vlmserve.images.decode import ImageLimits
+from vlmserve.images.codec import ImageLimits
 from vlmserve.images.fetch import MediaFetcher, MediaPolicy
 from vlmserve.images.pipeline import ImagePipeline, ImageRef
 from vlmserve.router import auto
@@ -57,6 +57,7 @@ class RouterState:
             ImageLimits.from_settings(settings),
             MediaFetcher(MediaPolicy.from_settings(settings)),
             None,
+            workers=0,  # a few decodes for cache keys: a thread, no worker processes
         )
         self.created = now()
 

@@ -44,12 +44,61 @@ class ImagePart(_Request):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
-class ChatMessage(_Request):
-    """One message of the conversation."""
+class FunctionCall(_Request):
+    """A function the model called, with its arguments as a JSON string."""
 
-    role: Literal["system", "developer", "user", "assistant"]
+    name: StrictStr
+    arguments: StrictStr
+
+
+class ToolCall(_Request):
+    """One tool call of an assistant message."""
+
+    id: StrictStr
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(_Request):
+    """One message of the conversation; ``tool`` messages answer an assistant's tool call."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: StrictStr | list[ContentPart] | None = None
     name: StrictStr | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: StrictStr | None = None
+
+
+class FunctionDefinition(_Request):
+    """A function the model may call; ``parameters`` is a JSON Schema object."""
+
+    name: StrictStr = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = None
+    strict: StrictBool | None = None
+
+
+class ToolDefinition(_Request):
+    """One entry of ``tools``: only function tools exist in the chat API."""
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Request):
+    """The function a named ``tool_choice`` forces."""
+
+    name: StrictStr
+
+
+class NamedToolChoice(_Request):
+    """``tool_choice`` naming one function: the model must call it."""
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
 class StreamOptions(_Request):
@@ -84,6 +133,9 @@ class ChatCompletionRequest(_Request):
     logprobs: StrictBool = False
     top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: StrictBool = True
     user: StrictStr | None = None
     # Extensions for benchmarks, as in vLLM: exact output lengths.
     min_tokens: StrictInt = Field(default=0, ge=0)
@@ -102,7 +154,8 @@ class AssistantMessage(BaseModel):
     """The generated message of one choice."""
 
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class Choice(BaseModel):
@@ -125,11 +178,28 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class DeltaFunctionCall(BaseModel):
+    """A piece of a streamed function call: its name first, then pieces of its arguments."""
+
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(BaseModel):
+    """A piece of one streamed tool call; ``index`` says which call it extends."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall
+
+
 class DeltaMessage(BaseModel):
     """New content of one choice in a stream."""
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChunkChoice(BaseModel):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from vlmserve.engine.base import SamplingOptions
+from vlmserve.engine.base import SamplingOptions, TokenLogprob
 
 
 def new_generator(seed: int | None) -> torch.Generator:
@@ -44,3 +46,19 @@ def sample(logits: torch.Tensor, options: SamplingOptions, generator: torch.Gene
         sorted_probs[outside] = 0.0
         probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def token_logprob(
+    raw_logits: torch.Tensor, token_id: int, top_n: int, token_text: Callable[[int], str]
+) -> TokenLogprob:
+    """The chosen token's log probability and the ``top_n`` most likely tokens at its position.
+
+    Computed from the model's raw logits, before penalties and grammar masks, as vLLM reports
+    them by default (``logprobs_mode="raw_logprobs"``).
+    """
+    logprobs = torch.log_softmax(raw_logits.float(), dim=-1)
+    top: list[tuple[str, float]] = []
+    if top_n:
+        values, ids = torch.topk(logprobs, top_n)
+        top = [(token_text(int(i)), float(v)) for v, i in zip(values, ids, strict=True)]
+    return TokenLogprob(token_text(token_id), float(logprobs[token_id]), top)

@@ -28,8 +28,15 @@ from vlmserve.engine.base import (
     EngineRequest,
     EngineStats,
     FinishReason,
+    TokenLogprob,
 )
-from vlmserve.engine.sampling import adjust_logits, new_generator, sample
+from vlmserve.engine.grammar import (
+    Constraint,
+    Grammars,
+    check_response_format,
+    closing_window,
+)
+from vlmserve.engine.sampling import adjust_logits, new_generator, sample, token_logprob
 from vlmserve.engine.text import TextStream
 from vlmserve.logs import for_request
 from vlmserve.models.families import family_for_checkpoint
@@ -49,6 +56,8 @@ class _Request:
     queue: asyncio.Queue[EngineOutput | BaseException]
     loop: asyncio.AbstractEventLoop
     generator: torch.Generator
+    #: The compiled ``response_format`` grammar, if the output is constrained.
+    grammar: Any = None
 
     def send(self, item: EngineOutput | BaseException) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
@@ -67,6 +76,9 @@ class _Sequence:
     #: Tokens in the KV cache (the position of the next input token).
     length: int
     generated: list[int] = field(default_factory=list)
+    constraint: Constraint | None = None
+    #: The log probability of ``next_token``, when the request asked for logprobs.
+    logprob: TokenLogprob | None = None
 
 
 @dataclass
@@ -125,6 +137,7 @@ class TransformersEngine(Engine):
         self.model: Any = None
         self.processor: Any = None
         self._eos: tuple[int, ...] = ()
+        self._grammars: Grammars | None = None
         self._max_len = 0
         self._pending: collections.deque[_Request] = collections.deque()
         self._running: list[_Sequence] = []
@@ -149,6 +162,10 @@ class TransformersEngine(Engine):
         eos = self.model.generation_config.eos_token_id
         eos = eos if eos is not None else self.processor.tokenizer.eos_token_id
         self._eos = tuple(eos) if isinstance(eos, list) else (int(eos),)
+        vocab_size = int(text_config.vocab_size)
+        self._grammars = await asyncio.to_thread(
+            Grammars, self.processor.tokenizer, vocab_size, self._eos
+        )
         self._thread = threading.Thread(target=self._work, name="transformers-engine", daemon=True)
         self._thread.start()
         logger.info("loaded %s (%s family) on %s", self.model_path, self.family.name, self.device)
@@ -164,16 +181,16 @@ class TransformersEngine(Engine):
     def check(self, request: EngineRequest) -> None:
         """Refuse what this engine does not implement, before any work is done."""
         options = request.sampling
-        if options.logprobs or options.top_logprobs:
+        if options.top_logprobs and not options.logprobs:
             raise BadRequestError(
-                "logprobs are not supported by the transformers engine; use --engine vllm.",
-                param="logprobs",
+                "top_logprobs requires logprobs to be true.", param="top_logprobs"
             )
-        if options.response_format and options.response_format.get("type") != "text":
+        check_response_format(options.response_format)
+        if options.response_format and (options.ignore_eos or options.min_tokens):
             raise BadRequestError(
-                "response_format other than text is not supported by the transformers engine; "
-                "use --engine vllm.",
-                param="response_format",
+                "ignore_eos and min_tokens cannot be combined with a JSON response_format on "
+                "the transformers engine: the grammar decides where the output ends.",
+                param="ignore_eos" if options.ignore_eos else "min_tokens",
             )
         knobs = {repr(self.family.processor_kwargs(i.detail)) for i in request.images}
         if len(knobs) > 1:
@@ -195,6 +212,7 @@ class TransformersEngine(Engine):
                 param="messages",
                 code="context_length_exceeded",
             )
+        assert self._grammars is not None
         item = _Request(
             request,
             inputs,
@@ -202,6 +220,7 @@ class TransformersEngine(Engine):
             asyncio.Queue(),
             asyncio.get_running_loop(),
             new_generator(request.sampling.seed),
+            await asyncio.to_thread(self._grammars.compile, request.sampling.response_format),
         )
         with self._lock:
             self._pending.append(item)
@@ -299,9 +318,9 @@ class TransformersEngine(Engine):
         for index in range(options.n):
             text = TextStream(self.processor.tokenizer, options.stop)
             seq = _Sequence(item, index, kv, -1, text, item.prompt_tokens)
-            seq.next_token = sample(
-                adjust_logits(logits, options, [], self._eos), options, item.generator
-            )
+            if self._grammars is not None:
+                seq.constraint = self._grammars.constraint(item.grammar)
+            seq.next_token = self._choose(seq, logits)
             sequences.append(seq)
         output = self._advance(sequences, item.prompt_tokens)
         with self._lock:
@@ -326,10 +345,29 @@ class TransformersEngine(Engine):
         batch.cache = out.past_key_values
         for row, seq in enumerate(seqs):
             seq.length += 1
-            options = seq.owner.request.sampling
-            logits = adjust_logits(out.logits[row, -1], options, seq.generated, self._eos)
-            seq.next_token = sample(logits, options, seq.owner.generator)
+            seq.next_token = self._choose(seq, out.logits[row, -1])
         self._advance_all(seqs)
+
+    def _choose(self, seq: _Sequence, raw: torch.Tensor) -> int:
+        """Sample a sequence's next token from its raw logits, within its grammar if any."""
+        options = seq.owner.request.sampling
+        logits = adjust_logits(raw, options, seq.generated, self._eos)
+        token: int | None = None
+        if seq.constraint is not None:
+            remaining = options.max_tokens - len(seq.generated)
+            steer = remaining <= closing_window(options.max_tokens)
+            if not seq.constraint.apply(logits, steer):
+                token = self._eos[0]  # the grammar is complete: only a stop is left
+        if token is None:
+            token = sample(logits, options, seq.owner.generator)
+        if seq.constraint is not None:
+            seq.constraint.accept(token)
+        if options.logprobs:
+            seq.logprob = token_logprob(raw, token, options.top_logprobs, self._token_text)
+        return token
+
+    def _token_text(self, token_id: int) -> str:
+        return str(self.processor.tokenizer.decode([token_id]))
 
     def _advance_all(self, seqs: list[_Sequence]) -> None:
         """Emit each request's new tokens, then keep only unfinished sequences."""
@@ -368,7 +406,8 @@ class TransformersEngine(Engine):
                     text, reason = text + seq.text.flush(), "length"
             if reason:
                 seq.next_token = -1
-            deltas.append(ChoiceDelta(seq.index, text, 1, reason))
+            logprobs = [seq.logprob] if seq.logprob is not None else None
+            deltas.append(ChoiceDelta(seq.index, text, 1, reason, logprobs))
         return EngineOutput(prompt_tokens, deltas)
 
     @staticmethod

@@ -1,0 +1,148 @@
+"""Structured output: JSON grammars compiled by xgrammar, the grammar engine vLLM uses.
+
+``response_format`` reaches the engines as a dict (``json_object`` or ``json_schema``). The
+HTTP layer checks it with :func:`check_response_format` (no tokenizer needed), so a schema the
+grammar engine cannot compile is a 400 on every engine. The transformers engine then keeps one
+:class:`Constraint` per sequence: before sampling, a token bitmask sets every token the grammar
+forbids to ``-inf``; after sampling, the matcher accepts the token.
+
+Near the end of the token budget a constraint also *steers towards closing*: among the allowed
+tokens it favours a quote (inside a string it closes it; elsewhere it starts the shortest value),
+then those that close an object or an array, then a comma (it ends a number), so a sequence
+that would otherwise be cut off mid-JSON (``finish_reason: length``, unparseable text) usually
+completes within its budget.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import xgrammar as xgr
+
+from vlmserve.api.errors import BadRequestError
+
+logger = logging.getLogger(__name__)
+
+#: The whole of ``json_object``: any JSON object, as vLLM compiles it.
+ANY_OBJECT = '{"type": "object"}'
+#: Near the budget's end, allowed tokens holding these bytes are favoured, earlier ones more.
+_CLOSERS = ((b'"',), (b"}", b"]"), (b",",))
+_BONUS = 1.0e4
+
+
+def closing_window(max_tokens: int) -> int:
+    """How many tokens before the budget's end the steering starts: half, 32 to 64 tokens."""
+    return min(64, max(32, max_tokens // 2))
+
+
+def schema_text(response_format: Mapping[str, Any] | None) -> str | None:
+    """The JSON schema a ``response_format`` constrains output to (None: plain text)."""
+    if response_format is None or response_format.get("type") in (None, "text"):
+        return None
+    kind = response_format["type"]
+    if kind == "json_object":
+        return ANY_OBJECT
+    if kind == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise BadRequestError(
+                "response_format.json_schema.schema must be a JSON Schema object.",
+                param="response_format",
+            )
+        return json.dumps(schema)
+    raise BadRequestError(
+        f"response_format type {kind!r} is not supported; use text, json_object or json_schema.",
+        param="response_format",
+    )
+
+
+def check_schema(schema: Mapping[str, Any], param: str) -> None:
+    """A 400 naming ``param`` when the grammar engine cannot compile ``schema``."""
+    try:
+        xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise BadRequestError(
+            f"The JSON schema in {param} cannot be used for structured output: {reason}",
+            param=param,
+        ) from exc
+
+
+def check_response_format(response_format: Mapping[str, Any] | None) -> None:
+    """A 400 naming ``response_format`` for a format the grammar engine cannot enforce."""
+    text = schema_text(response_format)
+    if text is not None and text != ANY_OBJECT:
+        check_schema(json.loads(text), "response_format")
+
+
+class Grammars:
+    """Compiles grammars for one tokenizer (cached by xgrammar) and hands out constraints."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: Sequence[int]) -> None:
+        info = xgr.TokenizerInfo.from_huggingface(
+            tokenizer, vocab_size=vocab_size, stop_token_ids=list(stop_token_ids)
+        )
+        self.vocab_size = vocab_size
+        self._compiler = xgr.GrammarCompiler(info, max_threads=2)
+        bonus = torch.zeros(vocab_size)
+        for token_id, piece in enumerate(info.decoded_vocab[:vocab_size]):
+            for tier, chars in enumerate(_CLOSERS):
+                if any(c in piece for c in chars):
+                    bonus[token_id] = _BONUS * (len(_CLOSERS) - tier)
+                    break
+        self._bonus = bonus
+
+    def compile(self, response_format: Mapping[str, Any] | None) -> xgr.CompiledGrammar | None:
+        """The compiled grammar of a ``response_format`` (None: plain text); slow, cached."""
+        text = schema_text(response_format)
+        if text is None:
+            return None
+        try:
+            return self._compiler.compile_json_schema(text, any_whitespace=False)
+        except (RuntimeError, ValueError) as exc:  # the HTTP layer checked it; be safe anyway
+            raise BadRequestError(
+                f"The JSON schema cannot be used for structured output: {exc}",
+                param="response_format",
+            ) from exc
+
+    def constraint(self, compiled: xgr.CompiledGrammar | None) -> Constraint | None:
+        """A fresh grammar state for one sequence (None for plain text)."""
+        if compiled is None:
+            return None
+        return Constraint(xgr.GrammarMatcher(compiled), self.vocab_size, self._bonus)
+
+
+class Constraint:
+    """The grammar state of one sequence."""
+
+    def __init__(self, matcher: xgr.GrammarMatcher, vocab_size: int, bonus: torch.Tensor):
+        self._matcher = matcher
+        self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)
+        self._vocab_size = vocab_size
+        self._bonus = bonus
+
+    def apply(self, logits: torch.Tensor, steer: bool) -> bool:
+        """Forbid, in place, the tokens the grammar does not allow next; False if none is left.
+
+        With ``steer`` (the budget is nearly spent) the allowed tokens that close structures
+        are favoured.
+        """
+        self._matcher.fill_next_token_bitmask(self._bitmask)
+        row = logits[: self._vocab_size].unsqueeze(0)
+        xgr.apply_token_bitmask_inplace(row, self._bitmask)
+        logits[self._vocab_size :] = float("-inf")
+        allowed = torch.isfinite(logits)
+        if not bool(allowed.any()):
+            return False
+        if steer:
+            logits[: self._vocab_size] += self._bonus
+        return True
+
+    def accept(self, token_id: int) -> None:
+        """Advance the grammar past the sampled token."""
+        if not self._matcher.accept_token(token_id):
+            logger.warning("grammar refused token %d it had allowed", token_id)

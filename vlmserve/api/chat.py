@@ -217,7 +217,9 @@ class ChatHandler:
             frequency_penalty=body.frequency_penalty,
             logprobs=body.logprobs,
             top_logprobs=body.top_logprobs or 0,
-            response_format=body.response_format.model_dump() if body.response_format else None,
+            response_format=body.response_format.model_dump(by_alias=True)
+            if body.response_format
+            else None,
         )
 
     async def complete(

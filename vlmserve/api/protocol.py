@@ -1,8 +1,9 @@
 """OpenAI chat-completions protocol models: what clients send and what vlmserve answers.
 
-Only the fields vlmserve acts on are declared; unknown fields are ignored (as OpenAI-compatible
-servers do) so newer SDKs keep working. Integer fields are strict: ``"max_tokens": "10"`` is a 400,
-not a silent coercion.
+Only the fields vlmserve acts on are declared, plus the few it ignores on purpose (``user``,
+``metadata``: bookkeeping fields that change no output); any other field is a 400 naming it, so a
+client never silently loses a feature it asked for. Integer fields are strict:
+``"max_tokens": "10"`` is a 400, not a silent coercion.
 """
 
 from __future__ import annotations
@@ -16,25 +17,27 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 Detail = Literal["low", "high", "auto"]
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class RequestModel(BaseModel):
+    """Base of every request model: unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
-class TextPart(_Request):
+class TextPart(RequestModel):
     """A text part of a message's content."""
 
     type: Literal["text"]
     text: StrictStr
 
 
-class ImageURL(_Request):
+class ImageURL(RequestModel):
     """An image given as a ``data:`` URL (or, where allowed, an http(s) or file URL)."""
 
     url: StrictStr
     detail: Detail | None = None
 
 
-class ImagePart(_Request):
+class ImagePart(RequestModel):
     """An image part of a message's content."""
 
     type: Literal["image_url"]
@@ -44,14 +47,14 @@ class ImagePart(_Request):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
-class FunctionCall(_Request):
+class FunctionCall(RequestModel):
     """A function the model called, with its arguments as a JSON string."""
 
     name: StrictStr
     arguments: StrictStr
 
 
-class ToolCall(_Request):
+class ToolCall(RequestModel):
     """One tool call of an assistant message."""
 
     id: StrictStr
@@ -59,7 +62,7 @@ class ToolCall(_Request):
     function: FunctionCall
 
 
-class ChatMessage(_Request):
+class ChatMessage(RequestModel):
     """One message of the conversation; ``tool`` messages answer an assistant's tool call."""
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
@@ -69,7 +72,7 @@ class ChatMessage(_Request):
     tool_call_id: StrictStr | None = None
 
 
-class FunctionDefinition(_Request):
+class FunctionDefinition(RequestModel):
     """A function the model may call; ``parameters`` is a JSON Schema object."""
 
     name: StrictStr = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
@@ -78,20 +81,20 @@ class FunctionDefinition(_Request):
     strict: StrictBool | None = None
 
 
-class ToolDefinition(_Request):
+class ToolDefinition(RequestModel):
     """One entry of ``tools``: only function tools exist in the chat API."""
 
     type: Literal["function"]
     function: FunctionDefinition
 
 
-class NamedFunction(_Request):
+class NamedFunction(RequestModel):
     """The function a named ``tool_choice`` forces."""
 
     name: StrictStr
 
 
-class NamedToolChoice(_Request):
+class NamedToolChoice(RequestModel):
     """``tool_choice`` naming one function: the model must call it."""
 
     type: Literal["function"]
@@ -101,20 +104,31 @@ class NamedToolChoice(_Request):
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
-class StreamOptions(_Request):
+class StreamOptions(RequestModel):
     """Streaming options: ``include_usage`` adds a final chunk with token counts."""
 
     include_usage: StrictBool = False
 
 
-class ResponseFormat(_Request):
+class JSONSchemaFormat(RequestModel):
+    """A named JSON schema the output must match (``strict`` or not, it is always enforced)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: StrictStr = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: StrictStr | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(RequestModel):
     """Structured output: plain text, any JSON object, or JSON matching a schema."""
 
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: JSONSchemaFormat | None = None
 
 
-class ChatCompletionRequest(_Request):
+class ChatCompletionRequest(RequestModel):
     """``POST /v1/chat/completions``."""
 
     model: StrictStr
@@ -136,7 +150,9 @@ class ChatCompletionRequest(_Request):
     tools: list[ToolDefinition] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: StrictBool = True
+    #: Ignored on purpose, as bookkeeping that changes no output.
     user: StrictStr | None = None
+    metadata: dict[str, StrictStr] | None = None
     # Extensions for benchmarks, as in vLLM: exact output lengths.
     min_tokens: StrictInt = Field(default=0, ge=0)
     ignore_eos: StrictBool = False

@@ -51,12 +51,12 @@ def schema_text(response_format: Mapping[str, Any] | None) -> str | None:
         if not isinstance(schema, dict):
             raise BadRequestError(
                 "response_format.json_schema.schema must be a JSON Schema object.",
-                param="response_format",
+                param="response_format.json_schema.schema",
             )
         return json.dumps(schema)
     raise BadRequestError(
         f"response_format type {kind!r} is not supported; use text, json_object or json_schema.",
-        param="response_format",
+        param="response_format.type",
     )
 
 

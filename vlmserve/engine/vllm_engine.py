@@ -44,6 +44,7 @@ from vlmserve.engine.base import (
     SamplingOptions,
     TokenLogprob,
 )
+from vlmserve.engine.grammar import ANY_OBJECT, schema_text
 from vlmserve.models.base import ModelFamily
 from vlmserve.models.families import family_for_checkpoint
 
@@ -109,23 +110,12 @@ def build_vllm_config(engine_args: Mapping[str, Any]) -> VllmConfig:
 
 def structured_outputs(response_format: Mapping[str, Any] | None) -> StructuredOutputsParams | None:
     """OpenAI's ``response_format`` as vLLM's structured-output constraint."""
-    if response_format is None or response_format.get("type") in (None, "text"):
+    text = schema_text(response_format)
+    if text is None:
         return None
-    kind = response_format["type"]
-    if kind == "json_object":
+    if text == ANY_OBJECT:
         return StructuredOutputsParams(json_object=True)
-    if kind == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema")
-        if not isinstance(schema, dict):
-            raise BadRequestError(
-                "response_format.json_schema.schema must be a JSON Schema object.",
-                param="response_format.json_schema.schema",
-            )
-        return StructuredOutputsParams(json=schema)
-    raise BadRequestError(
-        f"response_format type {kind!r} is not supported; use text, json_object or json_schema.",
-        param="response_format.type",
-    )
+    return StructuredOutputsParams(json=json.loads(text))
 
 
 def _param_of(exc: ValueError, options: SamplingOptions) -> str | None:

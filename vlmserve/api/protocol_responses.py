@@ -130,6 +130,9 @@ class ResponsesRequest(RequestModel):
     #: Ignored on purpose, as bookkeeping that changes no output.
     user: StrictStr | None = None
     metadata: dict[str, StrictStr] | None = None
+    # Extensions for benchmarks and tests, as on chat: exact output lengths.
+    min_tokens: StrictInt = Field(default=0, ge=0)
+    ignore_eos: StrictBool = False
 
 
 class OutputText(BaseModel):

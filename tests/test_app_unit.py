@@ -21,8 +21,13 @@ from vlmserve.engine.base import (
     EngineOutput,
     EngineRequest,
     EngineStats,
+    PreparedRequest,
+    RequestLimits,
+    SamplingDefaults,
     TokenLogprob,
 )
+from vlmserve.engine.errors import EngineStopping, RequestRejected
+from vlmserve.engine.prepare import Rendered, finish
 
 
 class ScriptedEngine(Engine):
@@ -44,8 +49,14 @@ class ScriptedEngine(Engine):
     async def shutdown(self) -> None:
         return None
 
-    async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
-        logprobs = request.sampling.logprobs
+    async def prepare(self, request: EngineRequest) -> PreparedRequest:
+        # A three-token prompt without images; the shared checks and resolution run as they do
+        # on the real engines.
+        return finish(request, Rendered(3, [], None), self.max_model_len, self.limits, DEFAULTS)
+
+    async def generate(self, request: PreparedRequest) -> AsyncGenerator[EngineOutput, None]:
+        self.last = request
+        logprobs = request.sampling.options.logprobs
         yield EngineOutput(3, [ChoiceDelta(0, "a", 1, logprobs=self.logprob("a", logprobs))])
         if self.failure:
             raise self.failure
@@ -62,6 +73,7 @@ class ScriptedEngine(Engine):
         return EngineStats(0, 0)
 
 
+DEFAULTS = SamplingDefaults(temperature=0.3, top_k=7)
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -136,3 +148,42 @@ def test_logprobs_in_openai_shape_streaming_and_not() -> None:
         assert [e["content"][0]["token"] for e in streamed] == ["a", "b"]
         plain = client.post("/v1/chat/completions", json=BODY).json()["choices"][0]
         assert plain["logprobs"] is None
+
+
+def test_engine_errors_get_their_openai_status_and_shape() -> None:
+    rejected = RequestRejected("no such knob here", param="top_k", code="unsupported")
+    with loaded_client(ScriptedEngine(rejected)) as client:
+        wait_ready(client)
+        response = client.post("/v1/chat/completions", json=BODY)
+        assert response.status_code == 400
+        assert response.json()["error"] == {
+            "message": "no such knob here",
+            "type": "invalid_request_error",
+            "param": "top_k",
+            "code": "unsupported",
+        }
+    with loaded_client(ScriptedEngine(EngineStopping("going away"))) as client:
+        wait_ready(client)
+        events = client.post("/v1/chat/completions", json={**BODY, "stream": True}).text
+        assert '"type":"overloaded_error"' in events and events.endswith("data: [DONE]\n\n")
+
+
+def test_unset_knobs_fall_back_and_max_tokens_is_capped_by_the_context() -> None:
+    engine = ScriptedEngine()
+    settings = Settings(default_max_tokens=500)
+    engine.limits = RequestLimits.from_settings(settings)
+    engine.loaded.set()
+    with TestClient(create_app(settings, engine, "m")) as client:
+        wait_ready(client)
+        assert client.post("/v1/chat/completions", json=BODY).status_code == 200
+        # A 100-token context and a 3-token prompt leave 97, below the default of 500.
+        assert engine.last.sampling.max_tokens == 97
+        assert (engine.last.sampling.temperature, engine.last.sampling.top_k) == (0.3, 7)
+        assert engine.last.sampling.top_p == 1.0
+        body = {**BODY, "max_tokens": 97, "temperature": 0, "top_k": -1}
+        assert client.post("/v1/chat/completions", json=body).status_code == 200
+        assert (engine.last.sampling.temperature, engine.last.sampling.top_k) == (0, -1)
+        too_long = client.post("/v1/chat/completions", json={**BODY, "max_tokens": 98})
+        assert too_long.status_code == 400
+        assert too_long.json()["error"]["code"] == "context_length_exceeded"
+        assert too_long.json()["error"]["param"] == "messages"

@@ -94,9 +94,9 @@ def test_vllm_builds_the_dummy_weight_engine_config(full_dir: Callable[[str], Pa
     family = get_family(get_model(name).family)
     request = EngineRequest(
         "r",
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}],
-        [ImageInput(Image.new("RGB", (800, 600), "teal"), "high")],
         SamplingOptions(max_tokens=4),
+        messages=[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}],
+        images=[ImageInput(Image.new("RGB", (800, 600), "teal"), "high")],
     )
     engine_input = asyncio.run(
         vllm_engine.render_request(renderer_from_config(config), family, request)

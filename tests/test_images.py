@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmserve.api.chat import check_image_tokens
 from vlmserve.api.errors import BadRequestError
 from vlmserve.engine.base import ImageInput
+from vlmserve.engine.errors import RequestRejected
+from vlmserve.engine.prepare import check_image_tokens
 from vlmserve.images.decode import ImageLimits, decode_image
-from vlmserve.models.families import get_family
 
 LIMITS = ImageLimits(max_bytes=5_000_000, max_pixels=4_000_000)
 PARAM = "messages[0].content[0].image_url"
@@ -103,15 +103,18 @@ def test_byte_limit_and_unsupported_formats() -> None:
 
 
 def test_image_token_budget_names_the_image_that_goes_over() -> None:
-    family = get_family("llava")  # 576 tokens per image
-    images = [ImageInput(Image.new("RGB", (64, 64))) for _ in range(3)]
     params = [f"messages[0].content[{j}].image_url" for j in range(3)]
-    assert check_image_tokens(family, images, params, None) == 3 * 576
-    assert check_image_tokens(family, images, params, 3 * 576) == 3 * 576
-    with pytest.raises(BadRequestError) as err:
-        check_image_tokens(family, images, params, 2 * 576 + 1)
+    images = [ImageInput(Image.new("RGB", (64, 64)), param=p) for p in params]
+    counts = [576, 576, 576]
+    assert check_image_tokens(counts, images, None) == 3 * 576
+    assert check_image_tokens(counts, images, 3 * 576) == 3 * 576
+    with pytest.raises(RequestRejected) as err:
+        check_image_tokens(counts, images, 2 * 576 + 1)
     assert err.value.param == "messages[0].content[2].image_url"
     assert err.value.code == "too_many_image_tokens"
+    with pytest.raises(RequestRejected) as err:  # a total that cannot be split per image
+        check_image_tokens([3 * 576], images, 2 * 576 + 1)
+    assert err.value.param == "messages"
 
 
 def test_decoding_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:

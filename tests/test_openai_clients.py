@@ -337,8 +337,18 @@ def test_responses_with_an_image(server: ServerProcess) -> None:
 def test_responses_stream_events(server: ServerProcess) -> None:
     events = list(
         sdk(server).responses.create(
-            model=server.model, input=responses_input(), max_output_tokens=ROOM, stream=True,
-            text={"format": {"type": "json_schema", "name": "pet", "schema": Pet.model_json_schema(), "strict": True}},
+            model=server.model,
+            input=responses_input(),
+            max_output_tokens=ROOM,
+            stream=True,
+            text={
+                "format": {
+                    "type": "json_schema",
+                    "name": "pet",
+                    "schema": Pet.model_json_schema(),
+                    "strict": True,
+                }
+            },
         )
     )
     kinds = [e.type for e in events]

@@ -17,9 +17,17 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from vlmserve.api.errors import BadRequestError
 from vlmserve.config import Settings
-from vlmserve.engine.base import EngineRequest, ImageInput, SamplingOptions
+from vlmserve.engine.base import (
+    EngineRequest,
+    ImageInput,
+    RequestLimits,
+    Sampling,
+    SamplingDefaults,
+    SamplingOptions,
+)
+from vlmserve.engine.errors import RequestRejected
+from vlmserve.engine.prepare import resolve_sampling, shared_processor_kwargs
 from vlmserve.models.families import FAMILIES as ALL_FAMILIES
 from vlmserve.models.families import get_family
 from vlmserve.planner.gpus import detect_gpus
@@ -89,6 +97,12 @@ def chat(images: list[ImageInput], text: str = "What is in this picture?") -> En
     )
 
 
+def sampling(**fields: Any) -> Sampling:
+    """Options as a client sets them (16 tokens unless given), resolved with OpenAI's defaults."""
+    request = EngineRequest("r", SamplingOptions(**{"max_tokens": 16, **fields}), prompt="x")
+    return resolve_sampling(request, 1, 1 << 20, RequestLimits(), SamplingDefaults())
+
+
 def image(size: tuple[int, int] = LARGE) -> Image.Image:
     """A two-tone test image (not uniform, so no processor shortcut applies)."""
     img = Image.new("RGB", size, (30, 120, 200))
@@ -109,17 +123,31 @@ def test_vllm_accepts_the_engine_configuration(family: str, vllm_setup: Any) -> 
     assert mm.get_limit_per_prompt("video") == 0
 
 
-def test_settings_override_the_plan(vllm_mod: Any) -> None:
-    plan = {"max_model_len": 4096, "max_num_seqs": 32, "dtype": "float16", "enforce_eager": True}
+def test_each_vllm_setting_applies_once(vllm_mod: Any) -> None:
+    """Planned settings reach vLLM through the plan when there is one, else directly."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    from vlmserve.models.catalog import get_model
+    from vlmserve.planner.gpus import gpus_to_plan_for
+    from vlmserve.planner.planner import Overrides, Workload, plan_model
+
     settings = Settings(max_num_seqs=8, load_format="dummy", gpu_memory_utilization=0.8)
-    args = vllm_mod.engine_args_from_settings(settings, "/models/m", plan)
-    assert args["model"] == "/models/m"
-    assert args["max_model_len"] == 4096 and args["dtype"] == "float16"
-    assert args["enforce_eager"] is True
-    assert args["max_num_seqs"] == 8
-    assert args["load_format"] == "dummy"
-    assert args["gpu_memory_utilization"] == 0.8
-    assert "quantization" not in args
+    plan = plan_model(
+        get_model("llava-1.5-7b"),
+        gpus_to_plan_for("A100-80GB"),
+        Workload.from_settings(settings),
+        Overrides.from_settings(settings),
+    )
+    planned = vllm_mod.engine_args_from_settings(settings, "/models/m", plan.engine_args())
+    unplanned = vllm_mod.engine_args_from_settings(settings, "/models/m")
+    for args in (planned, unplanned):
+        assert args["model"] == "/models/m"
+        assert args["max_num_seqs"] == 8 and args["gpu_memory_utilization"] == 0.8
+        assert args["load_format"] == "dummy"
+        assert args["limit_mm_per_prompt"]["video"] == 0
+        AsyncEngineArgs(**args)  # every name is one of vLLM's engine arguments
+    assert planned["max_model_len"] == plan.max_model_len and "max_model_len" not in unplanned
+    assert "quantization" not in unplanned
 
 
 # -- rendering: image placeholders as vLLM expands them -----------------------------------------
@@ -163,15 +191,16 @@ def test_low_detail_cuts_prompt_tokens(family: str, vllm_mod: Any, vllm_setup: A
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_two_images_in_order(family: str, vllm_mod: Any, vllm_setup: Any) -> None:
-    from vlmserve.api.chat import check_image_tokens
-
     _, renderer = vllm_setup(family)
     fam = get_family(family)
     images = [ImageInput(image(LARGE), "high"), ImageInput(image((500, 900)), "high")]
     engine_input = asyncio.run(vllm_mod.render_request(renderer, fam, chat(images)))
     lengths = placeholder_lengths(engine_input)
     assert lengths == [fam.image_tokens(*LARGE), fam.image_tokens(500, 900)]
-    assert sum(lengths) == check_image_tokens(fam, images, ["a", "b"], None)
+    # Image tokens are the positions that hold image features (InternVL's <img> and </img> do
+    # not), counted in what vLLM rendered.
+    counts = vllm_mod.image_token_counts(engine_input)
+    assert len(counts) == 2 and 0 <= lengths[0] - counts[0] <= 2
 
 
 def processor_refuses_placeholder_text(path: Path) -> bool:
@@ -222,10 +251,10 @@ def test_vllm_input_processor_accepts_the_rendered_request(
     fam = get_family(family)
     images = [ImageInput(image(), "high"), ImageInput(image((640, 480)), "high")]
     engine_input = asyncio.run(vllm_mod.render_request(renderer, fam, chat(images)))
-    options = SamplingOptions(max_tokens=5, n=2, logprobs=True, top_logprobs=2)
+    params = vllm_mod.sampling_params(sampling(max_tokens=5, n=2, logprobs=True, top_logprobs=2))
     processor = InputProcessor(config, renderer)
     core_request = processor.process_inputs(
-        "req-1", engine_input, vllm_mod.sampling_params(options), supported_tasks=("generate",)
+        "req-1", engine_input, params, supported_tasks=("generate",)
     )
     assert len(core_request.prompt_token_ids) == len(engine_input["prompt_token_ids"])
     assert [f.mm_position.length for f in core_request.mm_features] == [
@@ -237,16 +266,16 @@ def test_vllm_input_processor_accepts_the_rendered_request(
 
 def test_internvl_refuses_mixed_detail_in_one_request(vllm_mod: Any) -> None:
     images = [ImageInput(image(), "low"), ImageInput(image(), "high")]
-    with pytest.raises(BadRequestError) as err:
-        vllm_mod.processor_kwargs(get_family("internvl"), images)
-    assert err.value.param == "messages"
-    assert vllm_mod.processor_kwargs(get_family("llava-next"), images) == {}
+    with pytest.raises(RequestRejected) as err:
+        shared_processor_kwargs(get_family("internvl"), images)
+    assert (err.value.param, err.value.code) == ("messages", "mixed_image_detail")
+    assert shared_processor_kwargs(get_family("llava-next"), images) == {}
 
 
 def test_prompt_longer_than_the_context_is_a_bad_request(vllm_mod: Any, vllm_setup: Any) -> None:
     _, renderer = vllm_setup("llava")
     request = chat([ImageInput(image(), "high")], text="describe the picture " * 4000)
-    with pytest.raises(BadRequestError) as err:
+    with pytest.raises(RequestRejected) as err:
         asyncio.run(vllm_mod.render_request(renderer, get_family("llava"), request))
     assert err.value.param == "messages"
 
@@ -257,10 +286,12 @@ def test_prompt_longer_than_the_context_is_a_bad_request(vllm_mod: Any, vllm_set
 def test_sampling_options_map_to_sampling_params(vllm_mod: Any) -> None:
     from vllm.sampling_params import RequestOutputKind
 
-    options = SamplingOptions(
+    options = sampling(
         max_tokens=33,
         temperature=0.7,
         top_p=0.9,
+        top_k=20,
+        repetition_penalty=1.1,
         seed=7,
         n=3,
         stop=("END", "\n\n"),
@@ -273,25 +304,24 @@ def test_sampling_options_map_to_sampling_params(vllm_mod: Any) -> None:
     )
     params = vllm_mod.sampling_params(options)
     assert (params.max_tokens, params.temperature, params.top_p) == (33, 0.7, 0.9)
+    assert (params.top_k, params.repetition_penalty) == (20, 1.1)
     assert (params.seed, params.n, params.min_tokens, params.ignore_eos) == (7, 3, 2, True)
     assert params.stop == ["END", "\n\n"]
     assert (params.presence_penalty, params.frequency_penalty) == (0.5, -0.5)
     assert params.logprobs == 5
     assert params.output_kind == RequestOutputKind.DELTA
     assert params.structured_outputs is None
-    assert vllm_mod.sampling_params(SamplingOptions(max_tokens=4)).logprobs is None
+    assert vllm_mod.sampling_params(sampling(max_tokens=4)).logprobs is None
 
 
 def test_response_format_maps_to_structured_outputs(vllm_mod: Any) -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
     json_schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
-    params = vllm_mod.sampling_params(SamplingOptions(max_tokens=4, response_format=json_schema))
+    params = vllm_mod.sampling_params(sampling(response_format=json_schema))
     assert params.structured_outputs.json == schema
-    params = vllm_mod.sampling_params(
-        SamplingOptions(max_tokens=4, response_format={"type": "json_object"})
-    )
+    params = vllm_mod.sampling_params(sampling(response_format={"type": "json_object"}))
     assert params.structured_outputs.json_object is True
-    text = vllm_mod.sampling_params(SamplingOptions(max_tokens=4, response_format={"type": "text"}))
+    text = vllm_mod.sampling_params(sampling(response_format={"type": "text"}))
     assert text.structured_outputs is None
 
 
@@ -330,9 +360,8 @@ def test_what_vllm_rejects_is_a_400_with_param(
     fields: dict[str, Any], param: str, vllm_mod: Any, vllm_setup: Any
 ) -> None:
     config, renderer = vllm_setup("llava")
-    options = SamplingOptions(**{"max_tokens": 16, **fields})
-    with pytest.raises(BadRequestError) as err:
-        vllm_mod.verify_sampling(options, config, renderer.tokenizer)
+    with pytest.raises(RequestRejected) as err:
+        vllm_mod.verify_sampling(sampling(**fields), config, renderer.tokenizer)
     assert err.value.param == param
 
 
@@ -340,12 +369,9 @@ def test_valid_requests_pass_verification(vllm_mod: Any, vllm_setup: Any) -> Non
     config, renderer = vllm_setup("internvl")
     schema = {"type": "object", "properties": {"a": {"type": "string"}}}
     for options in (
-        SamplingOptions(max_tokens=16, logprobs=True, top_logprobs=20),
-        SamplingOptions(max_tokens=16, response_format={"type": "json_object"}),
-        SamplingOptions(
-            max_tokens=16,
-            response_format={"type": "json_schema", "json_schema": {"schema": schema}},
-        ),
+        sampling(logprobs=True, top_logprobs=20),
+        sampling(response_format={"type": "json_object"}),
+        sampling(response_format={"type": "json_schema", "json_schema": {"schema": schema}}),
     ):
         vllm_mod.verify_sampling(options, config, renderer.tokenizer)
 
@@ -404,15 +430,14 @@ def test_engine_streams_and_aborts_on_gpu(tiny_vllm_model: Callable[[str], Path]
         )
         await engine.start()
         try:
-            request = chat([ImageInput(image(), "high")])
-            engine.check(request)
+            request = await engine.prepare(chat([ImageInput(image(), "high")]))
             outputs = [out async for out in engine.generate(request)]
             assert outputs[0].prompt_tokens > get_family("internvl").image_tokens(*LARGE)
             assert outputs[-1].deltas[-1].finish_reason in ("stop", "length")
             long = chat([ImageInput(image(), "high")])
             long.request_id = "req-long"
             long.sampling = SamplingOptions(max_tokens=2000, ignore_eos=True)
-            stream = engine.generate(long)
+            stream = engine.generate(await engine.prepare(long))
             await stream.__anext__()
             assert engine.stats().running == 1
             await stream.aclose()
@@ -420,7 +445,8 @@ def test_engine_streams_and_aborts_on_gpu(tiny_vllm_model: Callable[[str], Path]
             # next to the follow-up one.
             follow_up = chat([ImageInput(image((448, 448)), "low")])
             follow_up.request_id = "req-after"
-            running = [engine.stats().running async for _ in engine.generate(follow_up)]
+            follow = await engine.prepare(follow_up)
+            running = [engine.stats().running async for _ in engine.generate(follow)]
             assert max(running) == 1
             assert engine.stats().running == 0
         finally:

@@ -7,14 +7,32 @@ the Helm chart is checked against them by a test, so a setting is never typed tw
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from vlmserve.images.detail import Detail
+
 EngineName = Literal["auto", "transformers", "vllm"]
-Detail = Literal["low", "high", "auto"]
+
+
+@dataclass(frozen=True)
+class VllmArg:
+    """Marks a setting that is also a vLLM engine argument of the same name.
+
+    ``planned``: the planner chooses it when unset, and the operator's value overrides that
+    choice; otherwise the value goes to vLLM as it is. :func:`vllm_args` reads these marks, so a
+    new knob is one annotated field here.
+    """
+
+    planned: bool
+
+
+PLANNED = VllmArg(planned=True)
+DIRECT = VllmArg(planned=False)
 
 
 class Settings(BaseSettings):
@@ -160,28 +178,40 @@ class Settings(BaseSettings):
     target_concurrency: int | None = Field(
         default=None, ge=1, description="Requests the planner should hold in flight at once."
     )
-    dtype: str | None = Field(
+    dtype: Annotated[str | None, PLANNED] = Field(
         default=None, description="Override the planned dtype (bfloat16, float16)."
     )
-    quantization: str | None = Field(
+    quantization: Annotated[str | None, PLANNED] = Field(
         default=None,
         description="Override the planned quantization (fp8, bitsandbytes, awq, gptq).",
     )
-    tensor_parallel_size: int | None = Field(
+    tensor_parallel_size: Annotated[int | None, PLANNED] = Field(
         default=None, ge=1, description="Override the planned tensor-parallel size."
     )
-    max_model_len: int | None = Field(
+    max_model_len: Annotated[int | None, PLANNED] = Field(
         default=None, ge=1, description="Override the planned context length in tokens."
     )
-    max_num_seqs: int | None = Field(
+    max_num_seqs: Annotated[int | None, PLANNED] = Field(
         default=None,
         ge=1,
         description="Override the planned number of sequences vLLM runs at once.",
     )
-    gpu_memory_utilization: float | None = Field(
+    gpu_memory_utilization: Annotated[float | None, PLANNED] = Field(
         default=None, gt=0, le=1, description="Override the share of GPU memory vLLM may use."
     )
-    load_format: str = Field(
+    load_format: Annotated[str, DIRECT] = Field(
         default="auto",
         description="vLLM weight loading: auto, or dummy for random weights when benchmarking.",
     )
+
+
+def vllm_args(settings: Settings, *, planned: bool) -> dict[str, Any]:
+    """The vLLM engine arguments the operator set (values other than the field's default),
+    among the planned settings or the direct ones (see :class:`VllmArg`)."""
+    found = {}
+    for name, info in Settings.model_fields.items():
+        marks = [m for m in info.metadata if isinstance(m, VllmArg)]
+        value = getattr(settings, name)
+        if marks and marks[0].planned == planned and value != info.default:
+            found[name] = value
+    return found

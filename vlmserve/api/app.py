@@ -214,16 +214,16 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
         deadline = asyncio.get_running_loop().time() + settings.request_timeout_seconds
         charge = functools.partial(state.limiter.charge, who)
         async with deadline_scope(deadline):
-            engine_request = await handler.build(body, request_id_var.get())
+            prepared = await handler.prepare(body, request_id_var.get())
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             events = await with_cancellation(
-                request, handler.open_stream(engine_request, include_usage, deadline, charge)
+                request, handler.open_stream(prepared, include_usage, deadline, charge)
             )
             if isinstance(events, Response):
                 return events
             return EventStreamResponse(events)
-        return await with_cancellation(request, handler.complete(engine_request, deadline, charge))
+        return await with_cancellation(request, handler.complete(prepared, deadline, charge))
 
     @app.get("/v1/models", response_model=ModelList, responses=_ERRORS)
     async def list_models(_: Caller) -> ModelList:

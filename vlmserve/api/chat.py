@@ -1,8 +1,11 @@
-"""The chat-completions request path: validate, build the engine request, then stream or collect.
+"""The chat-completions request path: validate, prepare, then stream or collect.
 
-Handlers here see an engine and protocol objects, never HTTP. Streaming and non-streaming share
-:meth:`ChatHandler.build`; both end by closing the engine's iterator, which aborts the request in
-the engine if it was still running (the client went away, or the task was cancelled).
+Handlers here see an engine and protocol objects, never HTTP. :meth:`ChatHandler.prepare`
+validates the request, decodes its images and has the engine prepare it (render once, check the
+limits the engine runs with, resolve ``max_tokens`` and sampling defaults); streaming and
+non-streaming then share the prepared request. Both end by closing the engine's iterator, which
+aborts the request in the engine if it was still running (the client went away, or the task was
+cancelled).
 """
 
 from __future__ import annotations
@@ -12,16 +15,16 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from vlmserve.api.errors import (
     APIError,
-    BadRequestError,
     InternalError,
     NotFoundError,
     RequestTimeoutError,
+    as_api_error,
 )
 from vlmserve.api.metrics import Metrics
 from vlmserve.api.protocol import (
@@ -40,14 +43,16 @@ from vlmserve.api.protocol import (
 )
 from vlmserve.config import Settings
 from vlmserve.engine.base import (
-    Detail,
     Engine,
     EngineOutput,
     EngineRequest,
     ImageInput,
+    PreparedRequest,
     SamplingOptions,
     TokenLogprob,
 )
+from vlmserve.engine.errors import EngineError
+from vlmserve.engine.prepare import check_image_count
 from vlmserve.images.decode import ImageLimits, load_image
 from vlmserve.images.fetch import MediaFetcher, MediaPolicy
 
@@ -56,34 +61,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 #: Called with the tokens (prompt plus completion) a request used, when it ends.
 UsageSink = Callable[[int], None]
-
-
-class ImageTokenRule(Protocol):
-    """What :func:`check_image_tokens` needs from a model family."""
-
-    def image_tokens(self, width: int, height: int, detail: Detail = "high") -> int:
-        """Prompt tokens one image takes."""
-        ...
-
-
-def check_image_tokens(
-    rule: ImageTokenRule, images: Sequence[ImageInput], params: Sequence[str], cap: int | None
-) -> int:
-    """The image tokens of ``images``; a 400 naming the image that goes over ``cap``."""
-    counts = [rule.image_tokens(i.image.width, i.image.height, i.detail) for i in images]
-    total = sum(counts)
-    if cap is not None and total > cap:
-        running = 0
-        for count, param in zip(counts, params, strict=True):
-            running += count
-            if running > cap:
-                raise BadRequestError(
-                    f"The images in this request take {total} image tokens, more than the "
-                    f"{cap}-token limit; send fewer or smaller images, or detail 'low'.",
-                    param=param,
-                    code="too_many_image_tokens",
-                )
-    return total
 
 
 @contextlib.asynccontextmanager
@@ -121,8 +98,8 @@ class _Tally:
                 self.reasons[delta.index] = delta.finish_reason
 
     @classmethod
-    def for_request(cls, request: EngineRequest) -> _Tally:
-        n = request.sampling.n
+    def for_request(cls, request: PreparedRequest) -> _Tally:
+        n = request.sampling.options.n
         return cls([""] * n, [None] * n, [[] for _ in range(n)])
 
     @property
@@ -148,27 +125,25 @@ class ChatHandler:
         self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
         self.media = MediaFetcher(MediaPolicy.from_settings(settings))
 
-    async def build(self, body: ChatCompletionRequest, request_id: str) -> EngineRequest:
-        """Validate a request and turn it into the engine's request (images decoded)."""
+    async def prepare(self, body: ChatCompletionRequest, request_id: str) -> PreparedRequest:
+        """Validate a request, decode its images, and have the engine render and check it."""
         if body.model != self.model_id:
             raise NotFoundError(
                 f"The model '{body.model}' does not exist; this server serves '{self.model_id}'.",
                 param="model",
                 code="model_not_found",
             )
-        messages, images, params = await self._messages(body.messages)
-        rule = getattr(self.engine, "family", None)
-        if rule is not None:
-            cap = self.settings.max_image_tokens_per_request
-            check_image_tokens(rule, images, params, cap)
-        request = EngineRequest(request_id, messages, images, self._sampling(body))
-        self.engine.check(request)
-        return request
+        messages, images = await self._messages(body.messages)
+        request = EngineRequest(request_id, _sampling(body), messages=messages, images=images)
+        return await self.engine.prepare(request)
 
     async def _messages(
         self, messages: list[ChatMessage]
-    ) -> tuple[list[dict[str, Any]], list[ImageInput], list[str]]:
-        """HF-style messages with image parts, the images decoded concurrently, their params."""
+    ) -> tuple[list[dict[str, Any]], list[ImageInput]]:
+        """HF-style messages with image parts, and their images decoded concurrently.
+
+        The image count is checked against the engine's limit before any image is fetched.
+        """
         out: list[dict[str, Any]] = []
         pending = []
         for i, message in enumerate(messages):
@@ -186,44 +161,19 @@ class ChatHandler:
                     parts.append({"type": "text", "text": part.text})
             role = "system" if message.role == "developer" else message.role
             out.append({"role": role, "content": parts})
-        if len(pending) > self.settings.max_images_per_request:
-            raise BadRequestError(
-                f"A request may carry at most {self.settings.max_images_per_request} images; "
-                f"this one has {len(pending)}.",
-                param="messages",
-                code="too_many_images",
-            )
+        check_image_count(len(pending), self.engine.limits)
         decoded = await _gather_or_cancel(
             [load_image(url, param, self.limits, self.media) for url, _, param in pending]
         )
         self.metrics.images.inc(len(decoded))
-        images = [ImageInput(img, d) for img, (_, d, _) in zip(decoded, pending, strict=True)]
-        return out, images, [param for _, _, param in pending]
-
-    def _sampling(self, body: ChatCompletionRequest) -> SamplingOptions:
-        stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-        return SamplingOptions(
-            max_tokens=body.max_completion_tokens
-            or body.max_tokens
-            or self.settings.default_max_tokens,
-            temperature=1.0 if body.temperature is None else body.temperature,
-            top_p=1.0 if body.top_p is None else body.top_p,
-            seed=body.seed,
-            n=body.n,
-            stop=stop,
-            min_tokens=body.min_tokens,
-            ignore_eos=body.ignore_eos,
-            presence_penalty=body.presence_penalty,
-            frequency_penalty=body.frequency_penalty,
-            logprobs=body.logprobs,
-            top_logprobs=body.top_logprobs or 0,
-            response_format=body.response_format.model_dump(by_alias=True)
-            if body.response_format
-            else None,
-        )
+        images = [
+            ImageInput(image, detail, param)
+            for image, (_, detail, param) in zip(decoded, pending, strict=True)
+        ]
+        return out, images
 
     async def complete(
-        self, request: EngineRequest, deadline: float, on_usage: UsageSink | None = None
+        self, request: PreparedRequest, deadline: float, on_usage: UsageSink | None = None
     ) -> ChatCompletion:
         """Run a request to the end (or a 504 at ``deadline``) and answer it whole."""
         tally = _Tally.for_request(request)
@@ -237,7 +187,7 @@ class ChatHandler:
             if on_usage is not None:
                 on_usage(tally.total_tokens)
         self._record(tally)
-        wants_logprobs = request.sampling.logprobs
+        wants_logprobs = request.sampling.options.logprobs
         choices = [
             Choice(
                 index=i,
@@ -257,7 +207,7 @@ class ChatHandler:
 
     async def open_stream(
         self,
-        request: EngineRequest,
+        request: PreparedRequest,
         include_usage: bool,
         deadline: float,
         on_usage: UsageSink | None = None,
@@ -278,7 +228,7 @@ class ChatHandler:
 
     async def _events(
         self,
-        request: EngineRequest,
+        request: PreparedRequest,
         first: EngineOutput,
         outputs: AsyncGenerator[EngineOutput, None],
         include_usage: bool,
@@ -291,7 +241,7 @@ class ChatHandler:
             yield chunk.choices(
                 [
                     ChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))
-                    for i in range(request.sampling.n)
+                    for i in range(request.sampling.options.n)
                 ]
             )
             output: EngineOutput | None = first
@@ -319,6 +269,8 @@ class ChatHandler:
                 yield chunk.usage(tally.usage())
         except APIError as exc:
             yield _sse(exc.body())
+        except EngineError as exc:
+            yield _sse(as_api_error(exc).body())
         except Exception:
             logger.exception("stream failed")
             yield _sse(InternalError("The server had an error while streaming.").body())
@@ -357,6 +309,30 @@ class _ChunkWriter:
                 id=self.id, created=self.created, model=self.model, choices=[], usage=usage
             ).model_dump()
         )
+
+
+def _sampling(body: ChatCompletionRequest) -> SamplingOptions:
+    """The sampling options the client set; what it left unset the engine fills in."""
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    return SamplingOptions(
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        repetition_penalty=body.repetition_penalty,
+        seed=body.seed,
+        n=body.n,
+        stop=stop,
+        min_tokens=body.min_tokens,
+        ignore_eos=body.ignore_eos,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        logprobs=body.logprobs,
+        top_logprobs=body.top_logprobs or 0,
+        response_format=body.response_format.model_dump(by_alias=True)
+        if body.response_format
+        else None,
+    )
 
 
 async def _gather_or_cancel(coros: list[Coroutine[Any, Any, T]]) -> list[T]:

@@ -1,6 +1,7 @@
 """Typed API errors and the one mapping from every failure to OpenAI's error shape.
 
-Handlers raise these exceptions; :func:`install_error_handlers` turns them, FastAPI's validation
+Handlers raise these exceptions; engines raise :mod:`vlmserve.engine.errors`, which
+:func:`as_api_error` maps to these. :func:`install_error_handlers` turns them, FastAPI's validation
 errors, unknown routes and anything unexpected into ``{"error": {"message", "type", "param",
 "code"}}`` with the right status. Unexpected exceptions answer a generic message; the detail goes
 to the log only.
@@ -16,6 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from vlmserve.engine.errors import EngineError, EngineFailed, EngineStopping, RequestRejected
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +110,17 @@ class InternalError(APIError):
     """Something failed inside the server; the message stays generic (500)."""
 
 
+def as_api_error(exc: EngineError) -> APIError:
+    """The API error for an engine's error: the one place engine failures get HTTP statuses."""
+    kinds: dict[type[EngineError], type[APIError]] = {
+        RequestRejected: BadRequestError,
+        EngineStopping: OverloadedError,
+        EngineFailed: InternalError,
+    }
+    kind = next((k for t, k in kinds.items() if isinstance(exc, t)), InternalError)
+    return kind(exc.message, param=exc.param, code=exc.code)
+
+
 def error_body(
     message: str, error_type: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
@@ -151,6 +165,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return error_response(exc)
+
+    @app.exception_handler(EngineError)
+    async def _engine_error(_: Request, exc: EngineError) -> JSONResponse:
+        return error_response(as_api_error(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-Detail = Literal["low", "high", "auto"]
+from vlmserve.images.detail import Detail
 
 
 class RequestModel(BaseModel):
@@ -153,9 +153,12 @@ class ChatCompletionRequest(RequestModel):
     #: Ignored on purpose, as bookkeeping that changes no output.
     user: StrictStr | None = None
     metadata: dict[str, StrictStr] | None = None
-    # Extensions for benchmarks, as in vLLM: exact output lengths.
+    # Extensions, as in vLLM: exact output lengths (for benchmarks), and two sampling knobs
+    # that checkpoints set in generation_config.json.
     min_tokens: StrictInt = Field(default=0, ge=0)
     ignore_eos: StrictBool = False
+    top_k: StrictInt | None = Field(default=None, ge=-1)
+    repetition_penalty: float | None = Field(default=None, gt=0)
 
 
 class Usage(BaseModel):

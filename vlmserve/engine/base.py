@@ -1,31 +1,44 @@
 """The engine interface: everything the HTTP layer needs from an inference engine.
 
-An engine takes an :class:`EngineRequest` (chat messages with their images already decoded, and
-sampling options) and yields :class:`EngineOutput` deltas. The HTTP layer never sees torch or
-vLLM. Closing the async iterator returned by :meth:`Engine.generate` (the client went away, the
-task was cancelled) must abort the request inside the engine.
+Every endpoint goes through the same two steps. :meth:`Engine.prepare` takes an
+:class:`EngineRequest` (chat messages or a plain prompt, with images already decoded, and the
+sampling options the client set), renders and tokenizes it once, checks it against the limits the
+engine runs with, and resolves the sampling options (``max_tokens`` capped by the context,
+unset knobs from the checkpoint's ``generation_config.json``). :meth:`Engine.generate` then streams
+the :class:`PreparedRequest`'s :class:`EngineOutput` deltas. The HTTP layer never sees torch or
+vLLM, and engines raise only :mod:`vlmserve.engine.errors`. Closing the async iterator returned by
+:meth:`Engine.generate` (the client went away, the task was cancelled) must abort the request
+inside the engine.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
 
-Detail = Literal["low", "high", "auto"]
+from vlmserve.images.detail import Detail
+
+if TYPE_CHECKING:
+    from vlmserve.config import Settings
+
 FinishReason = Literal["stop", "length", "abort"]
 
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    """Per-request generation knobs, already validated by the HTTP layer."""
+    """Per-request generation knobs as the client set them; ``None`` falls back when prepared."""
 
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
+    #: ``None``: the server's default, capped by what the context leaves after the prompt.
+    max_tokens: int | None = None
+    #: ``None``: the checkpoint's ``generation_config.json``, else OpenAI's default.
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
     seed: int | None = None
     n: int = 1
     stop: tuple[str, ...] = ()
@@ -38,26 +51,112 @@ class SamplingOptions:
     response_format: dict[str, Any] | None = None
 
 
+#: The knobs :class:`SamplingDefaults` fills, as ``generation_config.json`` names them.
+DEFAULTED_KNOBS = ("temperature", "top_p", "top_k", "repetition_penalty")
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """What a request that leaves a knob unset gets: the checkpoint's value, else OpenAI's."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    #: 0 (or -1, as vLLM writes it): no top-k cut.
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+
+    @classmethod
+    def from_generation_config(cls, config: Mapping[str, Any]) -> SamplingDefaults:
+        """The defaults a checkpoint's generation config sets (other keys are ignored)."""
+        given = {k: config[k] for k in DEFAULTED_KNOBS if config.get(k) is not None}
+        return cls(**given)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """A request's sampling as the engine runs it: every fallback resolved."""
+
+    options: SamplingOptions
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    repetition_penalty: float
+
+
 @dataclass
 class ImageInput:
-    """One decoded image and the detail level the client asked for."""
+    """One decoded image, the detail level the client asked for, and where it was in the request.
+
+    ``param`` names the image in errors (``messages[0].content[1].image_url``).
+    """
 
     image: Image.Image
     detail: Detail = "auto"
+    param: str = "messages"
 
 
 @dataclass
 class EngineRequest:
-    """One chat completion as the engine sees it.
+    """One generation request as the engine sees it: chat ``messages`` or a plain ``prompt``.
 
     ``messages`` are in Hugging Face chat form: ``{"role", "content": [{"type": "text", "text"} |
-    {"type": "image"}]}``, and ``images`` holds the images in the order their parts appear.
+    {"type": "image"}]}``; a ``prompt`` is used as it is (no chat template). ``images`` holds the
+    images in the order their parts (or placeholders) appear.
     """
 
     request_id: str
-    messages: list[dict[str, Any]]
-    images: list[ImageInput]
     sampling: SamplingOptions
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | None = None
+    images: list[ImageInput] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("an engine request has either messages or a prompt")
+
+    @property
+    def input_param(self) -> str:
+        """The request field holding the input, for errors: ``messages`` or ``prompt``."""
+        return "messages" if self.messages is not None else "prompt"
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """The limits an engine enforces on every request, set from the settings it runs with."""
+
+    max_images: int = 8
+    max_image_tokens: int | None = None
+    default_max_tokens: int = 256
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RequestLimits:
+        """The limits ``settings`` ask for (an engine may lower ``max_images`` further)."""
+        return cls(
+            settings.max_images_per_request,
+            settings.max_image_tokens_per_request,
+            settings.default_max_tokens,
+        )
+
+
+@dataclass
+class PreparedRequest:
+    """A request rendered, checked and resolved; what :meth:`Engine.generate` takes.
+
+    ``inputs`` is the engine's own rendered form (token ids with image data), built once.
+    """
+
+    request: EngineRequest
+    sampling: Sampling
+    prompt_tokens: int
+    #: Prompt positions that hold image features, counted in the rendered prompt.
+    image_tokens: int
+    inputs: Any
+
+    @property
+    def request_id(self) -> str:
+        """The id the engine tracks (and aborts) the request by."""
+        return self.request.request_id
 
 
 @dataclass
@@ -104,6 +203,9 @@ class Engine(abc.ABC):
 
     #: Short engine name for logs and metrics ("transformers", "vllm").
     name: str = "engine"
+    #: The limits this engine enforces in :meth:`prepare`; the HTTP layer reads ``max_images``
+    #: to refuse a request before fetching its images.
+    limits: RequestLimits = RequestLimits()
 
     @property
     @abc.abstractmethod
@@ -118,17 +220,17 @@ class Engine(abc.ABC):
     async def shutdown(self) -> None:
         """Stop background work and release the model."""
 
-    def check(self, request: EngineRequest) -> None:
-        """Raise :class:`vlmserve.api.errors.BadRequestError` for what this engine cannot do.
+    @abc.abstractmethod
+    async def prepare(self, request: EngineRequest) -> PreparedRequest:
+        """Render and tokenize ``request`` once, check it, resolve its sampling options.
 
-        Called by the HTTP layer before :meth:`generate`, so a request the engine would reject
-        gets a clear 400 and never reaches the engine. The default accepts everything.
+        Raises :class:`vlmserve.engine.errors.RequestRejected` for anything the engine would
+        refuse, so such a request never reaches :meth:`generate`.
         """
-        return None
 
     @abc.abstractmethod
-    def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
-        """Stream a request's outputs; closing the iterator early aborts the request."""
+    def generate(self, request: PreparedRequest) -> AsyncGenerator[EngineOutput, None]:
+        """Stream a prepared request's outputs; closing the iterator early aborts the request."""
 
     @abc.abstractmethod
     async def abort(self, request_id: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmserve.config import Settings
-from vlmserve.engine.base import Engine
+from vlmserve.engine.base import Engine, RequestLimits
 from vlmserve.planner.gpus import detect_gpus
 
 logger = logging.getLogger(__name__)
@@ -70,12 +70,14 @@ def build_engine(
 
     ``plan_args`` are the planner's vLLM engine arguments; settings that are set override them.
     """
+    limits = RequestLimits.from_settings(settings)
     if name == "vllm":
         from vlmserve.engine.vllm_engine import VLLMEngine, engine_args_from_settings
 
-        return VLLMEngine(model_path, engine_args_from_settings(settings, model_path, plan_args))
+        args = engine_args_from_settings(settings, model_path, plan_args)
+        return VLLMEngine(model_path, args, limits=limits)
     from vlmserve.engine.transformers_engine import TransformersEngine
 
     return TransformersEngine(
-        model_path, device=settings.device, max_batch_size=settings.max_batch_size
+        model_path, device=settings.device, max_batch_size=settings.max_batch_size, limits=limits
     )

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import xgrammar as xgr
 
-from vlmserve.api.errors import BadRequestError
+from vlmserve.engine.errors import RequestRejected
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +49,12 @@ def schema_text(response_format: Mapping[str, Any] | None) -> str | None:
     if kind == "json_schema":
         schema = (response_format.get("json_schema") or {}).get("schema")
         if not isinstance(schema, dict):
-            raise BadRequestError(
+            raise RequestRejected(
                 "response_format.json_schema.schema must be a JSON Schema object.",
                 param="response_format.json_schema.schema",
             )
         return json.dumps(schema)
-    raise BadRequestError(
+    raise RequestRejected(
         f"response_format type {kind!r} is not supported; use text, json_object or json_schema.",
         param="response_format.type",
     )
@@ -66,7 +66,7 @@ def check_schema(schema: Mapping[str, Any], param: str) -> None:
         xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False)
     except (RuntimeError, ValueError, TypeError) as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise BadRequestError(
+        raise RequestRejected(
             f"The JSON schema in {param} cannot be used for structured output: {reason}",
             param=param,
         ) from exc
@@ -104,7 +104,7 @@ class Grammars:
         try:
             return self._compiler.compile_json_schema(text, any_whitespace=False)
         except (RuntimeError, ValueError) as exc:  # the HTTP layer checked it; be safe anyway
-            raise BadRequestError(
+            raise RequestRejected(
                 f"The JSON schema cannot be used for structured output: {exc}",
                 param="response_format",
             ) from exc

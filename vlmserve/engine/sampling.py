@@ -1,4 +1,8 @@
-"""Choosing the next token from logits, per sequence, with the OpenAI sampling knobs."""
+"""Choosing the next token from logits, per sequence, with the OpenAI sampling knobs.
+
+Repetition penalty follows vLLM (and transformers): a token already in the prompt or the output
+has its logit divided by the penalty when positive, multiplied when negative.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from vlmserve.engine.base import SamplingOptions, TokenLogprob
+from vlmserve.engine.base import Sampling, TokenLogprob
 
 
 def new_generator(seed: int | None) -> torch.Generator:
@@ -21,28 +25,41 @@ def new_generator(seed: int | None) -> torch.Generator:
 
 def adjust_logits(
     logits: torch.Tensor,
-    options: SamplingOptions,
+    sampling: Sampling,
     generated: list[int],
     eos_token_ids: tuple[int, ...],
+    prompt_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Apply EOS suppression and OpenAI's presence and frequency penalties to one row."""
+    """Apply EOS suppression, repetition penalty and OpenAI's presence and frequency penalties."""
+    options = sampling.options
     logits = logits.float().clone()
     if eos_token_ids and (options.ignore_eos or len(generated) < options.min_tokens):
         logits[list(eos_token_ids)] = float("-inf")
+    if sampling.repetition_penalty != 1.0:
+        seen = torch.tensor(generated, dtype=torch.long)
+        if prompt_ids is not None:
+            seen = torch.cat([seen, prompt_ids.flatten().to(torch.long).cpu()])
+        seen = seen.unique()
+        values = logits[seen]
+        penalty = sampling.repetition_penalty
+        logits[seen] = torch.where(values > 0, values / penalty, values * penalty)
     if generated and (options.presence_penalty or options.frequency_penalty):
         ids, counts = torch.tensor(generated).unique(return_counts=True)
         logits[ids] -= options.presence_penalty + options.frequency_penalty * counts.float()
     return logits
 
 
-def sample(logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator) -> int:
-    """Pick one token: greedy at temperature 0, else temperature and nucleus (top-p) sampling."""
-    if options.temperature == 0:
+def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
+    """Pick one token: greedy at temperature 0, else temperature, top-k and nucleus (top-p)."""
+    if sampling.temperature == 0:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits / options.temperature, dim=-1)
-    if options.top_p < 1.0:
+    if 0 < sampling.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, sampling.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
-        outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs > options.top_p
+        outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs > sampling.top_p
         sorted_probs[outside] = 0.0
         probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
     return int(torch.multinomial(probs, 1, generator=generator))

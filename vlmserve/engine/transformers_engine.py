@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 
-from vlmserve.api.errors import BadRequestError, OverloadedError
 from vlmserve.engine.base import (
     ChoiceDelta,
     Engine,
@@ -28,13 +27,25 @@ from vlmserve.engine.base import (
     EngineRequest,
     EngineStats,
     FinishReason,
+    PreparedRequest,
+    RequestLimits,
+    Sampling,
+    SamplingOptions,
     TokenLogprob,
 )
+from vlmserve.engine.errors import EngineStopping, RequestRejected
 from vlmserve.engine.grammar import (
     Constraint,
     Grammars,
     check_response_format,
     closing_window,
+)
+from vlmserve.engine.prepare import (
+    Rendered,
+    check_image_count,
+    checkpoint_sampling_defaults,
+    finish,
+    shared_processor_kwargs,
 )
 from vlmserve.engine.sampling import adjust_logits, new_generator, sample, token_logprob
 from vlmserve.engine.text import TextStream
@@ -48,16 +59,31 @@ KV = list[tuple[torch.Tensor, torch.Tensor]]
 
 @dataclass
 class _Request:
-    """A request inside the worker: its inputs, its queue and its random generator."""
+    """A request inside the worker: its prepared inputs, its queue and its random generator."""
 
-    request: EngineRequest
-    inputs: dict[str, Any]
-    prompt_tokens: int
+    prepared: PreparedRequest
     queue: asyncio.Queue[EngineOutput | BaseException]
     loop: asyncio.AbstractEventLoop
     generator: torch.Generator
     #: The compiled ``response_format`` grammar, if the output is constrained.
     grammar: Any = None
+
+    @property
+    def request_id(self) -> str:
+        return self.prepared.request_id
+
+    @property
+    def sampling(self) -> Sampling:
+        return self.prepared.sampling
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.prepared.prompt_tokens
+
+    @property
+    def prompt_ids(self) -> torch.Tensor:
+        ids: torch.Tensor = self.prepared.inputs["input_ids"]
+        return ids
 
     def send(self, item: EngineOutput | BaseException) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
@@ -129,9 +155,18 @@ class TransformersEngine(Engine):
 
     name = "transformers"
 
-    def __init__(self, model_path: str | Path, *, device: str = "cpu", max_batch_size: int = 16):
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        device: str = "cpu",
+        max_batch_size: int = 16,
+        limits: RequestLimits | None = None,
+    ):
         self.model_path = Path(model_path)
         self.family = family_for_checkpoint(self.model_path)
+        self.limits = limits or RequestLimits()
+        self._defaults = checkpoint_sampling_defaults(self.model_path)
         self.device = device
         self.max_batch_size = max_batch_size
         self.model: Any = None
@@ -178,63 +213,45 @@ class TransformersEngine(Engine):
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 10)
 
-    def check(self, request: EngineRequest) -> None:
-        """Refuse what this engine does not implement, before any work is done."""
-        options = request.sampling
-        if options.top_logprobs and not options.logprobs:
-            raise BadRequestError(
-                "top_logprobs requires logprobs to be true.", param="top_logprobs"
-            )
-        check_response_format(options.response_format)
-        if options.response_format and (options.ignore_eos or options.min_tokens):
-            raise BadRequestError(
-                "ignore_eos and min_tokens cannot be combined with a JSON response_format on "
-                "the transformers engine: the grammar decides where the output ends.",
-                param="ignore_eos" if options.ignore_eos else "min_tokens",
-            )
-        knobs = {repr(self.family.processor_kwargs(i.detail)) for i in request.images}
-        if len(knobs) > 1:
-            raise BadRequestError(
-                f"Images in one request must share one detail level for {self.family.name} "
-                "models on the transformers engine.",
-                param="messages",
-            )
+    async def prepare(self, request: EngineRequest) -> PreparedRequest:
+        """Refuse what this engine does not implement, then run the processor once (off the
+        event loop) and check and resolve the request against the rendered prompt."""
+        check_image_count(len(request.images), self.limits)
+        _refuse_unsupported(request.sampling)
+        kwargs = shared_processor_kwargs(self.family, request.images)
+        inputs = await asyncio.to_thread(self._preprocess, request, kwargs)
+        ids = inputs["input_ids"][0]
+        counts = image_token_counts(ids, self.processor.image_token_id, len(request.images))
+        rendered = Rendered(int(ids.shape[0]), counts, inputs)
+        return finish(request, rendered, self._max_len, self.limits, self._defaults)
 
-    async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
-        """Preprocess off the loop, queue for the worker, and stream its outputs."""
-        inputs = await asyncio.to_thread(self._preprocess, request)
-        prompt_tokens = int(inputs["input_ids"].shape[1])
-        if prompt_tokens + request.sampling.max_tokens > self._max_len:
-            raise BadRequestError(
-                f"This model's maximum context length is {self._max_len} tokens. However, you "
-                f"requested {prompt_tokens + request.sampling.max_tokens} tokens ({prompt_tokens} "
-                f"in the messages, {request.sampling.max_tokens} in the completion).",
-                param="messages",
-                code="context_length_exceeded",
-            )
+    async def generate(self, request: PreparedRequest) -> AsyncGenerator[EngineOutput, None]:
+        """Queue a prepared request for the worker and stream its outputs."""
         assert self._grammars is not None
+        grammar = await asyncio.to_thread(
+            self._grammars.compile, request.sampling.options.response_format
+        )
         item = _Request(
             request,
-            inputs,
-            prompt_tokens,
             asyncio.Queue(),
             asyncio.get_running_loop(),
-            new_generator(request.sampling.seed),
-            await asyncio.to_thread(self._grammars.compile, request.sampling.response_format),
+            new_generator(request.sampling.options.seed),
+            grammar,
         )
         with self._lock:
             self._pending.append(item)
             self._lock.notify()
+        choices = request.sampling.options.n
         ended = 0
         try:
-            while ended < request.sampling.n:
+            while ended < choices:
                 output = await item.queue.get()
                 if isinstance(output, BaseException):
                     raise output
                 ended += sum(1 for d in output.deltas if d.finish_reason)
                 yield output
         finally:
-            if ended < request.sampling.n:
+            if ended < choices:
                 await self.abort(request.request_id)
 
     async def abort(self, request_id: str) -> None:
@@ -251,12 +268,13 @@ class TransformersEngine(Engine):
 
     # -- the worker thread --------------------------------------------------------------------
 
-    def _preprocess(self, request: EngineRequest) -> dict[str, Any]:
-        prompt = self.processor.apply_chat_template(
-            request.messages, tokenize=False, add_generation_prompt=True
-        )
+    def _preprocess(self, request: EngineRequest, kwargs: dict[str, Any]) -> dict[str, Any]:
+        prompt = request.prompt
+        if prompt is None:
+            prompt = self.processor.apply_chat_template(
+                request.messages, tokenize=False, add_generation_prompt=True
+            )
         images = [self.family.prepare_image(i.image, i.detail) for i in request.images]
-        kwargs = self.family.processor_kwargs(request.images[0].detail) if images else {}
         inputs = self.processor(text=prompt, images=images or None, return_tensors="pt", **kwargs)
         return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in inputs.items()}
 
@@ -280,43 +298,43 @@ class TransformersEngine(Engine):
                 owners = {id(s.owner): s.owner for s in self._running}
                 owners.update((id(p), p) for p in self._pending)
                 for owner in owners.values():
-                    owner.send(OverloadedError("The server is shutting down."))
+                    owner.send(EngineStopping("The server is shutting down.", code="shutting_down"))
                 return None
             if self._aborted:
                 for request_id in self._aborted:
                     logger.debug("dropped by abort", extra=for_request(request_id))
                 self._pending = collections.deque(
-                    p for p in self._pending if p.request.request_id not in self._aborted
+                    p for p in self._pending if p.request_id not in self._aborted
                 )
                 self._running = [
-                    s for s in self._running if s.owner.request.request_id not in self._aborted
+                    s for s in self._running if s.owner.request_id not in self._aborted
                 ]
                 self._aborted.clear()
             admitted: list[_Request] = []
             room = self.max_batch_size - len(self._running)
             while self._pending and (
-                room >= self._pending[0].request.sampling.n or not admitted and not self._running
+                room >= self._pending[0].sampling.options.n or not admitted and not self._running
             ):
                 item = self._pending.popleft()
-                room -= item.request.sampling.n
+                room -= item.sampling.options.n
                 admitted.append(item)
             return admitted
 
     def _prefill(self, item: _Request) -> None:
-        request_id = item.request.request_id
+        request_id = item.request_id
         logger.debug("prefill: %d prompt tokens", item.prompt_tokens, extra=for_request(request_id))
         try:
-            out = self.model(**item.inputs, use_cache=True)
+            out = self.model(**item.prepared.inputs, use_cache=True)
         except Exception as exc:  # a bad input must fail its own request, not the worker
             logger.exception("prefill failed", extra=for_request(request_id))
             item.send(exc)
             return
         kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         logits = out.logits[0, -1]
-        options = item.request.sampling
+        sampling = item.sampling
         sequences = []
-        for index in range(options.n):
-            text = TextStream(self.processor.tokenizer, options.stop)
+        for index in range(sampling.options.n):
+            text = TextStream(self.processor.tokenizer, sampling.options.stop)
             seq = _Sequence(item, index, kv, -1, text, item.prompt_tokens)
             if self._grammars is not None:
                 seq.constraint = self._grammars.constraint(item.grammar)
@@ -350,18 +368,19 @@ class TransformersEngine(Engine):
 
     def _choose(self, seq: _Sequence, raw: torch.Tensor) -> int:
         """Sample a sequence's next token from its raw logits, within its grammar if any."""
-        options = seq.owner.request.sampling
-        logits = adjust_logits(raw, options, seq.generated, self._eos)
+        sampling = seq.owner.sampling
+        logits = adjust_logits(raw, sampling, seq.generated, self._eos, seq.owner.prompt_ids)
         token: int | None = None
         if seq.constraint is not None:
-            remaining = options.max_tokens - len(seq.generated)
-            steer = remaining <= closing_window(options.max_tokens)
+            remaining = sampling.max_tokens - len(seq.generated)
+            steer = remaining <= closing_window(sampling.max_tokens)
             if not seq.constraint.apply(logits, steer):
                 token = self._eos[0]  # the grammar is complete: only a stop is left
         if token is None:
-            token = sample(logits, options, seq.owner.generator)
+            token = sample(logits, sampling, seq.owner.generator)
         if seq.constraint is not None:
             seq.constraint.accept(token)
+        options = sampling.options
         if options.logprobs:
             seq.logprob = token_logprob(raw, token, options.top_logprobs, self._token_text)
         return token
@@ -382,7 +401,7 @@ class TransformersEngine(Engine):
         for owner, output in outputs:
             # Every running sequence is in this step, so all done here means the request is.
             if all(self._done(s) for s in by_owner[id(owner)]):
-                logger.debug("finished", extra=for_request(owner.request.request_id))
+                logger.debug("finished", extra=for_request(owner.request_id))
             owner.send(output)
 
     def _advance(self, group: list[_Sequence], prompt_tokens: int) -> EngineOutput:
@@ -393,16 +412,16 @@ class TransformersEngine(Engine):
         """
         deltas = []
         for seq in group:
-            options = seq.owner.request.sampling
+            sampling = seq.owner.sampling
             seq.generated.append(seq.next_token)
             reason: FinishReason | None = None
-            if seq.next_token in self._eos and not options.ignore_eos:
+            if seq.next_token in self._eos and not sampling.options.ignore_eos:
                 text, reason = seq.text.flush(), "stop"
             else:
                 text = seq.text.add(seq.next_token)
                 if seq.text.stopped:
                     reason = "stop"
-                elif len(seq.generated) >= options.max_tokens:
+                elif len(seq.generated) >= sampling.max_tokens:
                     text, reason = text + seq.text.flush(), "length"
             if reason:
                 seq.next_token = -1
@@ -413,3 +432,26 @@ class TransformersEngine(Engine):
     @staticmethod
     def _done(seq: _Sequence) -> bool:
         return seq.next_token == -1
+
+
+def _refuse_unsupported(options: SamplingOptions) -> None:
+    """A 400 for option combinations this engine cannot honour."""
+    if options.top_logprobs and not options.logprobs:
+        raise RequestRejected("top_logprobs requires logprobs to be true.", param="top_logprobs")
+    check_response_format(options.response_format)
+    if options.response_format and (options.ignore_eos or options.min_tokens):
+        raise RequestRejected(
+            "ignore_eos and min_tokens cannot be combined with a JSON response_format on the "
+            "transformers engine: the grammar decides where the output ends.",
+            param="ignore_eos" if options.ignore_eos else "min_tokens",
+        )
+
+
+def image_token_counts(ids: torch.Tensor, image_token_id: int, images: int) -> list[int]:
+    """Image-feature positions in a rendered prompt: per image when each image is one run of
+    ``image_token_id``, else their total."""
+    mask = (ids == image_token_id).to(torch.int8)
+    edges = torch.diff(mask, prepend=mask.new_zeros(1), append=mask.new_zeros(1))
+    starts, ends = (edges == 1).nonzero().flatten(), (edges == -1).nonzero().flatten()
+    runs = (ends - starts).tolist()
+    return runs if len(runs) == images else [int(mask.sum())]

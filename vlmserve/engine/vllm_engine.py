@@ -11,10 +11,11 @@ This is the only module that imports vLLM.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,7 @@ from vllm.v1.metrics.loggers import StatLoggerBase
 from vllm.v1.metrics.stats import IterationStats, SchedulerStats
 
 import vlmserve.models.hf_registry  # noqa: F401  (original InternVL-2 / Phi-3-V configs, no remote code)
-from vlmserve.api.errors import BadRequestError, InternalError
-from vlmserve.config import Settings
+from vlmserve.config import Settings, vllm_args
 from vlmserve.engine.base import (
     ChoiceDelta,
     Engine,
@@ -40,25 +40,20 @@ from vlmserve.engine.base import (
     EngineRequest,
     EngineStats,
     FinishReason,
-    ImageInput,
-    SamplingOptions,
+    PreparedRequest,
+    RequestLimits,
+    Sampling,
+    SamplingDefaults,
     TokenLogprob,
 )
+from vlmserve.engine.errors import EngineFailed, RequestRejected
 from vlmserve.engine.grammar import ANY_OBJECT, schema_text
+from vlmserve.engine.prepare import Rendered, check_image_count, finish, shared_processor_kwargs
 from vlmserve.models.base import ModelFamily
 from vlmserve.models.families import family_for_checkpoint
 
 logger = logging.getLogger(__name__)
 
-#: Settings that, when set, override what the planner chose (the names are vLLM's).
-_SETTING_OVERRIDES = (
-    "dtype",
-    "quantization",
-    "tensor_parallel_size",
-    "max_model_len",
-    "max_num_seqs",
-    "gpu_memory_utilization",
-)
 #: vLLM's finish reasons as OpenAI's; "repetition" is vLLM stopping a looping output.
 _FINISH_REASONS: dict[str, FinishReason] = {
     "stop": "stop",
@@ -83,24 +78,29 @@ _MESSAGE_PARAMS = (
 def engine_args_from_settings(
     settings: Settings, model_path: str | Path, plan_args: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Keyword arguments for ``AsyncEngineArgs``: the plan's, then the settings' overrides.
+    """Keyword arguments for ``AsyncEngineArgs``: the plan's, else the settings' own values.
 
-    Video is switched off (``limit 0``) so vLLM does not reserve memory for it at start-up.
+    A plan already holds the operator's planned settings (the planner honours them), so those
+    apply once: from the plan when there is one, from the settings otherwise. Settings vLLM takes
+    as they are (``load_format``) apply either way. Video is switched off (``limit 0``) so vLLM
+    does not reserve memory for it at start-up.
     """
     args: dict[str, Any] = {
         "model": str(model_path),
         "trust_remote_code": False,
         "limit_mm_per_prompt": {"image": settings.max_images_per_request, "video": 0},
     }
-    args.update(plan_args or {})
+    args.update(vllm_args(settings, planned=True) if plan_args is None else plan_args)
     args["limit_mm_per_prompt"] = {"video": 0, **args["limit_mm_per_prompt"]}
-    for name in _SETTING_OVERRIDES:
-        value = getattr(settings, name)
-        if value is not None:
-            args[name] = value
-    if settings.load_format != "auto":
-        args["load_format"] = settings.load_format
+    args.update(vllm_args(settings, planned=False))
     return args
+
+
+def engine_limits(limits: RequestLimits, engine_args: Mapping[str, Any]) -> RequestLimits:
+    """``limits`` with the image count lowered to what vLLM is started with (the planner may
+    allow fewer images per prompt than the settings)."""
+    images = engine_args.get("limit_mm_per_prompt", {}).get("image", limits.max_images)
+    return dataclasses.replace(limits, max_images=min(limits.max_images, images))
 
 
 def build_vllm_config(engine_args: Mapping[str, Any]) -> VllmConfig:
@@ -118,7 +118,7 @@ def structured_outputs(response_format: Mapping[str, Any] | None) -> StructuredO
     return StructuredOutputsParams(json=json.loads(text))
 
 
-def _param_of(exc: ValueError, options: SamplingOptions) -> str | None:
+def _param_of(exc: ValueError, sampling: Sampling) -> str | None:
     """The OpenAI parameter a vLLM validation error is about."""
     name = exc.parameter if isinstance(exc, VLLMValidationError) else None
     if name is None:
@@ -126,22 +126,25 @@ def _param_of(exc: ValueError, options: SamplingOptions) -> str | None:
         name = next((p for p in _MESSAGE_PARAMS if message.startswith(f"{p} ")), None)
     if name == "logprobs":
         return "top_logprobs"
-    if name is None and options.response_format is not None:
+    if name is None and sampling.options.response_format is not None:
         return "response_format"
     return name
 
 
-def sampling_params(options: SamplingOptions) -> SamplingParams:
+def sampling_params(sampling: Sampling) -> SamplingParams:
     """``SamplingParams`` for a request, streaming deltas; vLLM's refusals become 400s."""
+    options = sampling.options
     if options.top_logprobs and not options.logprobs:
-        raise BadRequestError("top_logprobs requires logprobs to be true.", param="top_logprobs")
+        raise RequestRejected("top_logprobs requires logprobs to be true.", param="top_logprobs")
     constraint = structured_outputs(options.response_format)
     try:
         return SamplingParams(
             n=options.n,
-            max_tokens=options.max_tokens,
-            temperature=options.temperature,
-            top_p=options.top_p,
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            repetition_penalty=sampling.repetition_penalty,
             seed=options.seed,
             stop=list(options.stop),
             min_tokens=options.min_tokens,
@@ -153,15 +156,15 @@ def sampling_params(options: SamplingOptions) -> SamplingParams:
             output_kind=RequestOutputKind.DELTA,
         )
     except ValueError as exc:
-        raise BadRequestError(str(exc), param=_param_of(exc, options)) from exc
+        raise RequestRejected(str(exc), param=_param_of(exc, sampling)) from exc
 
 
 def verify_sampling(
-    options: SamplingOptions, config: VllmConfig, tokenizer: TokenizerLike | None
+    sampling: Sampling, config: VllmConfig, tokenizer: TokenizerLike | None
 ) -> SamplingParams:
-    """Map ``options`` and run the checks vLLM runs when a request arrives (logprob limit,
+    """Map ``sampling`` and run the checks vLLM runs when a request arrives (logprob limit,
     JSON schema compiled by the structured-output backend)."""
-    params = sampling_params(options)
+    params = sampling_params(sampling)
     try:
         params.verify(
             config.model_config,
@@ -170,31 +173,15 @@ def verify_sampling(
             tokenizer,
         )
     except ValueError as exc:
-        raise BadRequestError(str(exc), param=_param_of(exc, options)) from exc
+        raise RequestRejected(str(exc), param=_param_of(exc, sampling)) from exc
     return params
-
-
-def processor_kwargs(family: ModelFamily, images: Sequence[ImageInput]) -> dict[str, Any]:
-    """The one set of image-processor arguments the request's images share.
-
-    vLLM takes processor arguments per prompt, not per image: a request whose images need
-    different ones (InternVL tiles at mixed details) cannot be served as one prompt.
-    """
-    choices = {json.dumps(family.processor_kwargs(i.detail), sort_keys=True) for i in images}
-    if len(choices) > 1:
-        raise BadRequestError(
-            "With this model every image in a request must use the same detail.",
-            param="messages",
-            code="mixed_image_detail",
-        )
-    return json.loads(choices.pop()) if choices else {}
 
 
 def vllm_messages(family: ModelFamily, request: EngineRequest) -> list[dict[str, Any]]:
     """The request's messages in vLLM's chat form, each image part carrying its prepared image."""
     images = iter(request.images)
     messages = []
-    for message in request.messages:
+    for message in request.messages or ():
         content = message["content"]
         if isinstance(content, list):
             parts = []
@@ -229,24 +216,66 @@ async def render_request(
 ) -> Any:
     """vLLM's engine input for a request: token ids with every image's placeholders expanded.
 
-    ``chat_template`` replaces the checkpoint's template (for checkpoints that have none).
+    Chat messages go through the chat template (``chat_template`` replaces the checkpoint's, for
+    checkpoints that have none); a plain prompt is tokenized as it is.
     """
-    kwargs = processor_kwargs(family, request.images) or None
-    params = ChatParams(
-        chat_template=chat_template,
-        chat_template_kwargs={"add_generation_prompt": True},
-        mm_processor_kwargs=kwargs,
-    )
+    kwargs = shared_processor_kwargs(family, request.images) or None
     extras = {"mm_processor_kwargs": kwargs} if kwargs else None
-    # vLLM types chat messages as OpenAI TypedDicts; ours are plain dicts of the same shape.
-    conversation: list[Any] = vllm_messages(family, request)
     try:
+        if request.prompt is not None:
+            # vLLM types prompts as TypedDicts; this is its TextPrompt.
+            prompt: Any = {"prompt": request.prompt}
+            if request.images:
+                prepared = [family.prepare_image(i.image, i.detail) for i in request.images]
+                prompt["multi_modal_data"] = {"image": prepared}
+            (engine_input,) = await renderer.render_cmpl_async([prompt], prompt_extras=extras)
+            return engine_input
+        params = ChatParams(
+            chat_template=chat_template,
+            chat_template_kwargs={"add_generation_prompt": True},
+            mm_processor_kwargs=kwargs,
+        )
+        # vLLM types chat messages as OpenAI TypedDicts; ours are plain dicts of the same shape.
+        conversation: list[Any] = vllm_messages(family, request)
         _, (engine_input,) = await renderer.render_chat_async(
             [conversation], params, prompt_extras=extras
         )
     except ValueError as exc:
-        raise BadRequestError(str(exc), param="messages") from exc
+        raise RequestRejected(str(exc), param=request.input_param) from exc
     return engine_input
+
+
+def sampling_defaults(config: VllmConfig) -> SamplingDefaults:
+    """The checkpoint's sampling defaults as vLLM reads them (its ``generation_config`` setting
+    decides where from, as in vLLM's own server)."""
+    return SamplingDefaults.from_generation_config(config.model_config.get_diff_sampling_param())
+
+
+def image_token_counts(engine_input: Mapping[str, Any]) -> list[int]:
+    """Prompt positions holding each image's features, from vLLM's rendered placeholders."""
+    placeholders = (engine_input.get("mm_placeholders") or {}).get("image") or ()
+    return [p.get_num_embeds() for p in placeholders]
+
+
+async def prepare_request(
+    renderer: BaseRenderer,
+    config: VllmConfig,
+    family: ModelFamily,
+    request: EngineRequest,
+    *,
+    limits: RequestLimits,
+    defaults: SamplingDefaults,
+    chat_template: str | None = None,
+) -> PreparedRequest:
+    """Render ``request`` once with vLLM's renderer, check it and resolve its sampling; the
+    resolved options are checked as vLLM checks them when a request arrives."""
+    check_image_count(len(request.images), limits)
+    engine_input = await render_request(renderer, family, request, chat_template)
+    prompt_tokens = len(engine_input["prompt_token_ids"])
+    rendered = Rendered(prompt_tokens, image_token_counts(engine_input), engine_input)
+    prepared = finish(request, rendered, config.model_config.max_model_len, limits, defaults)
+    verify_sampling(prepared.sampling, config, renderer.tokenizer)
+    return prepared
 
 
 def token_logprobs(output: CompletionOutput, top_n: int) -> list[TokenLogprob] | None:
@@ -272,7 +301,7 @@ def engine_output(output: RequestOutput, top_n: int) -> EngineOutput:
     deltas = []
     for choice in output.outputs:
         if choice.finish_reason == "error":
-            raise InternalError("The engine failed while generating this request.")
+            raise EngineFailed("The engine failed while generating this request.")
         reason = _FINISH_REASONS.get(choice.finish_reason) if choice.finish_reason else None
         deltas.append(
             ChoiceDelta(
@@ -334,12 +363,15 @@ class VLLMEngine(Engine):
         model_path: str | Path,
         engine_args: Mapping[str, Any],
         family: ModelFamily | None = None,
+        limits: RequestLimits | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self.engine_args = dict(engine_args)
         self.family = family or family_for_checkpoint(model_path)
+        self.limits = engine_limits(limits or RequestLimits(), self.engine_args)
         self._chat_template = None if has_chat_template(model_path) else self.family.chat_template
         self._config: VllmConfig | None = None
+        self._defaults: SamplingDefaults | None = None
         self._llm: AsyncLLM | None = None
         self._snapshot = SchedulerSnapshot()
 
@@ -359,6 +391,7 @@ class VLLMEngine(Engine):
         """Start the engine core: load weights, profile memory, allocate the KV cache."""
         if self._llm is not None:
             return
+        self._defaults = sampling_defaults(self.config)
         # Built on the event loop's thread, as vLLM's own server does: the engine core is a
         # separate process started from here, and forking from a worker thread is unsafe.
         self._llm = AsyncLLM.from_vllm_config(
@@ -379,32 +412,40 @@ class VLLMEngine(Engine):
             raise RuntimeError("the vLLM engine has not been started")
         return self._llm
 
-    def check(self, request: EngineRequest) -> None:
-        """Refuse what vLLM would refuse: sampling values, logprob counts, JSON schemas, and
-        images that need different processor settings in one request."""
-        verify_sampling(request.sampling, self.config, self._started().renderer.tokenizer)
-        processor_kwargs(self.family, request.images)
+    async def prepare(self, request: EngineRequest) -> PreparedRequest:
+        """Render with vLLM's renderer, and refuse what vLLM would refuse: too many images or
+        image tokens, a prompt the context cannot hold, sampling values, logprob counts, JSON
+        schemas, images that need different processor settings in one request."""
+        llm = self._started()
+        return await prepare_request(
+            llm.renderer,
+            self.config,
+            self.family,
+            request,
+            limits=self.limits,
+            defaults=self._defaults or SamplingDefaults(),
+            chat_template=self._chat_template,
+        )
 
-    async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
-        """Render the chat, hand it to vLLM and stream its deltas.
+    async def generate(self, request: PreparedRequest) -> AsyncGenerator[EngineOutput, None]:
+        """Hand the rendered request to vLLM and stream its deltas.
 
         Closing this iterator closes vLLM's, which aborts the request in the engine core (vLLM
         does that on ``GeneratorExit`` and on cancellation).
         """
         llm = self._started()
         params = sampling_params(request.sampling)
-        top_n = request.sampling.top_logprobs
-        engine_input = await render_request(llm.renderer, self.family, request, self._chat_template)
-        stream = llm.generate(engine_input, params, request.request_id)
+        top_n = request.sampling.options.top_logprobs
+        stream = llm.generate(request.inputs, params, request.request_id)
         try:
             async for output in stream:
                 yield engine_output(output, top_n)
         except ValueError as exc:
-            # vLLM checks the rendered prompt (length with image tokens) when it is added.
-            param = "messages"
+            # vLLM checks the rendered prompt again when it is added.
+            param = request.request.input_param
             if isinstance(exc, VLLMValidationError):
                 param = _param_of(exc, request.sampling) or param
-            raise BadRequestError(str(exc), param=param) from exc
+            raise RequestRejected(str(exc), param=param) from exc
         finally:
             await stream.aclose()
 

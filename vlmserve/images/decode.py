@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vlmserve.api.errors import BadRequestError
-from vlmserve.images.fetch import MediaFetcher
+from vlmserve.images.fetch import MediaFetcher, too_large
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w/+.-]*)(?P<params>(;[\w=.-]+)*?);base64,", re.I)
@@ -44,11 +44,7 @@ def decode_data_url(url: str, param: str, limits: ImageLimits) -> bytes:
         )
     payload = url[match.end() :]
     if len(payload) * 3 // 4 > limits.max_bytes:
-        raise BadRequestError(
-            f"Image is larger than the {limits.max_bytes}-byte limit.",
-            param=param,
-            code="image_too_large",
-        )
+        raise too_large(limits.max_bytes, param)
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
@@ -57,11 +53,7 @@ def decode_data_url(url: str, param: str, limits: ImageLimits) -> bytes:
 
 def _open_checked(data: bytes, param: str, limits: ImageLimits) -> Image.Image:
     if len(data) > limits.max_bytes:
-        raise BadRequestError(
-            f"Image is larger than the {limits.max_bytes}-byte limit.",
-            param=param,
-            code="image_too_large",
-        )
+        raise too_large(limits.max_bytes, param)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -206,12 +206,12 @@ class MediaFetcher:
         limit = self.policy.max_bytes
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            raise _too_large(limit, param)
+            raise too_large(limit, param)
         body = bytearray()
         async for chunk in response.aiter_raw():
             body += chunk
             if len(body) > limit:
-                raise _too_large(limit, param)
+                raise too_large(limit, param)
         return bytes(body)
 
     def _read_file(self, url: str, param: str) -> bytes:
@@ -238,7 +238,7 @@ class MediaFetcher:
         with path.open("rb") as file:
             data = file.read(self.policy.max_bytes + 1)
         if len(data) > self.policy.max_bytes:
-            raise _too_large(self.policy.max_bytes, param)
+            raise too_large(self.policy.max_bytes, param)
         return data
 
 
@@ -277,7 +277,8 @@ def _refuse(message: str, param: str, code: str) -> BadRequestError:
     return BadRequestError(message, param=param, code=code)
 
 
-def _too_large(limit: int, param: str) -> BadRequestError:
+def too_large(limit: int, param: str) -> BadRequestError:
+    """The 400 for an encoded image over the byte limit, however it arrived."""
     return BadRequestError(
         f"Image is larger than the {limit}-byte limit.", param=param, code="image_too_large"
     )

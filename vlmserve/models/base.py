@@ -8,11 +8,13 @@ from __future__ import annotations
 import abc
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from PIL import Image
 
-Detail = Literal["low", "high", "auto"]
+from vlmserve.images.detail import Detail
+
+__all__ = ["Detail", "ModelFamily", "content_template"]
 
 
 class ModelFamily(abc.ABC):

@@ -13,6 +13,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from vlmserve.config import vllm_args
 from vlmserve.models.catalog import CatalogModel, max_image_tokens
 from vlmserve.planner.explain import explain, explain_refusal
 from vlmserve.planner.gpus import GPU_CATALOG, GPUSpec, describe_gpus
@@ -62,7 +63,8 @@ class Workload:
 
 @dataclass(frozen=True)
 class Overrides:
-    """Planner choices fixed by the operator (``VLMSERVE_DTYPE`` and friends)."""
+    """Planner choices fixed by the operator: the settings marked ``PLANNED`` in config.py
+    (``VLMSERVE_DTYPE`` and friends), a field each."""
 
     dtype: str | None = None
     quantization: str | None = None
@@ -73,15 +75,8 @@ class Overrides:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Overrides:
-        """The overrides set in ``settings``."""
-        return cls(
-            settings.dtype,
-            settings.quantization,
-            settings.tensor_parallel_size,
-            settings.max_model_len,
-            settings.max_num_seqs,
-            settings.gpu_memory_utilization,
-        )
+        """The overrides set in ``settings``: its planned vLLM settings (one field each)."""
+        return cls(**vllm_args(settings, planned=True))
 
     def given(self) -> dict[str, Any]:
         """The fields that are set."""

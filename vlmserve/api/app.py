@@ -13,7 +13,7 @@ import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -22,7 +22,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vlmserve.api.access import KeyChecker, RateLimiter, load_api_keys
 from vlmserve.api.admission import Admission, AdmissionMiddleware
-from vlmserve.api.chat import ChatHandler, deadline_scope
+from vlmserve.api.chat import CHAT_PATH, ChatHandler
+from vlmserve.api.completions import COMPLETIONS_PATH, CompletionHandler
 from vlmserve.api.errors import OverloadedError, error_response, install_error_handlers
 from vlmserve.api.metrics import Metrics
 from vlmserve.api.protocol import (
@@ -33,18 +34,42 @@ from vlmserve.api.protocol import (
     ModelList,
     now,
 )
+from vlmserve.api.protocol_completions import Completion, CompletionRequest
+from vlmserve.api.protocol_responses import Response as ResponseObject
+from vlmserve.api.protocol_responses import ResponsesRequest
+from vlmserve.api.responses import RESPONSES_PATH, ResponsesHandler
+from vlmserve.api.serving import deadline_scope
 from vlmserve.config import Settings
 from vlmserve.engine.base import Engine
 from vlmserve.logs import request_id_var
 
 logger = logging.getLogger(__name__)
 
-CHAT_PATH = "/v1/chat/completions"
+#: The endpoints that generate: admission, rate limits and per-endpoint metrics apply to each.
+GENERATION_PATHS = (CHAT_PATH, COMPLETIONS_PATH, RESPONSES_PATH)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 404, 429, 500, 503, 504)
 }
 _bearer = HTTPBearer(auto_error=False, description="One of the server's API keys, if it has any.")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+class Handler(Protocol):
+    """What each generation endpoint supplies: its own prepare, collect and stream edges."""
+
+    async def prepare(self, body: Any, request_id: str) -> Any:
+        """Validate ``body`` and have the engine prepare it; returns the endpoint's job."""
+        ...
+
+    async def complete(self, job: Any, deadline: float, on_usage: Callable[[int], None]) -> Any:
+        """Run the job to the end; the whole answer."""
+        ...
+
+    async def open_stream(
+        self, job: Any, deadline: float, on_usage: Callable[[int], None]
+    ) -> AsyncIterator[str]:
+        """Start the job; its server-sent events."""
+        ...
 
 
 class ServerState:
@@ -57,6 +82,8 @@ class ServerState:
         self.ready = False
         self.metrics = Metrics(lambda: engine.stats() if self.ready else None)
         self.chat = ChatHandler(engine, settings, model_id, self.metrics)
+        self.completions = CompletionHandler(engine, model_id, self.metrics)
+        self.responses = ResponsesHandler(engine, model_id, self.metrics, self.chat.reader)
         self.created = now()
         self.admission = Admission(settings.max_queued_requests)
         self.keys = KeyChecker(load_api_keys(settings))
@@ -97,8 +124,9 @@ class RequestIdMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
-                if scope["path"] == CHAT_PATH:
-                    self.metrics.requests.labels(str(message["status"])).inc()
+                if scope["path"] in GENERATION_PATHS:
+                    status = str(message["status"])
+                    self.metrics.requests.labels(scope["path"], status).inc()
             await send(message)
 
         try:
@@ -197,7 +225,7 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
     app = FastAPI(title="vlmserve", version="0.1.0", lifespan=lifespan)
     app.state.vlm = state
     install_error_handlers(app)
-    app.add_middleware(AdmissionMiddleware, admission=state.admission, path=CHAT_PATH)
+    app.add_middleware(AdmissionMiddleware, admission=state.admission, paths=GENERATION_PATHS)
     app.add_middleware(RequestIdMiddleware, metrics=state.metrics)
 
     def ready_state() -> ServerState:
@@ -206,24 +234,32 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
             raise problem
         return state
 
+    async def serve(handler: Handler, body: Any, stream: bool, request: Request, who: str) -> Any:
+        """validate -> prepare -> collect or stream, the same for every generation endpoint."""
+        deadline = asyncio.get_running_loop().time() + settings.request_timeout_seconds
+        charge = functools.partial(state.limiter.charge, who)
+        async with deadline_scope(deadline):
+            job = await handler.prepare(body, request_id_var.get())
+        if stream:
+            events = await with_cancellation(request, handler.open_stream(job, deadline, charge))
+            if isinstance(events, Response):
+                return events
+            return EventStreamResponse(events)
+        return await with_cancellation(request, handler.complete(job, deadline, charge))
+
     @app.post(CHAT_PATH, response_model=ChatCompletion, responses=_ERRORS)
     async def chat_completions(
         body: ChatCompletionRequest, request: Request, who: AdmittedCaller
     ) -> Any:
-        handler = ready_state().chat
-        deadline = asyncio.get_running_loop().time() + settings.request_timeout_seconds
-        charge = functools.partial(state.limiter.charge, who)
-        async with deadline_scope(deadline):
-            prepared = await handler.prepare(body, request_id_var.get())
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = await with_cancellation(
-                request, handler.open_stream(prepared, include_usage, deadline, charge)
-            )
-            if isinstance(events, Response):
-                return events
-            return EventStreamResponse(events)
-        return await with_cancellation(request, handler.complete(prepared, deadline, charge))
+        return await serve(ready_state().chat, body, body.stream, request, who)
+
+    @app.post(COMPLETIONS_PATH, response_model=Completion, responses=_ERRORS)
+    async def completions(body: CompletionRequest, request: Request, who: AdmittedCaller) -> Any:
+        return await serve(ready_state().completions, body, body.stream, request, who)
+
+    @app.post(RESPONSES_PATH, response_model=ResponseObject, responses=_ERRORS)
+    async def responses(body: ResponsesRequest, request: Request, who: AdmittedCaller) -> Any:
+        return await serve(ready_state().responses, body, body.stream, request, who)
 
     @app.get("/v1/models", response_model=ModelList, responses=_ERRORS)
     async def list_models(_: Caller) -> ModelList:

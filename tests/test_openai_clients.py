@@ -260,16 +260,21 @@ def test_completions(server: ServerProcess) -> None:
         n=2,
         seed=1,
         logprobs=2,
-        echo=True,
         extra_body={"ignore_eos": True},
     )
     assert reply.object == "text_completion" and len(reply.choices) == 4
     assert [c.index for c in reply.choices] == [0, 1, 2, 3]
-    assert reply.choices[0].text.startswith("Once upon a time")
-    assert reply.choices[3].text.startswith("The cat")
-    assert len(reply.choices[0].logprobs.tokens) == 5
-    assert all(len(top) == 2 for top in reply.choices[0].logprobs.top_logprobs)
+    logprobs = reply.choices[0].logprobs
+    assert len(logprobs.tokens) == 5 and all(len(top) == 2 for top in logprobs.top_logprobs)
+    assert logprobs.text_offset[0] == 0
     assert reply.usage.completion_tokens == 20
+    echoed = client.completions.create(
+        model=server.model, prompt="The cat", max_tokens=3, echo=True
+    )
+    assert echoed.choices[0].text.startswith("The cat")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=server.model, prompt="x", echo=True, logprobs=1)
+    assert caught.value.body["param"] == "echo"
 
 
 def test_completions_stream_with_usage(server: ServerProcess) -> None:

@@ -372,6 +372,7 @@ def test_responses_function_tools(server: ServerProcess) -> None:
         input="Weather in Oslo?",
         tools=[tool],
         tool_choice="required",
+        parallel_tool_calls=False,
         max_output_tokens=ROOM,
     )
     (call,) = [item for item in response.output if item.type == "function_call"]

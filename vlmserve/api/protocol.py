@@ -12,7 +12,16 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    model_serializer,
+)
 
 from vlmserve.images.detail import Detail
 
@@ -175,6 +184,14 @@ class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     tool_calls: list[ToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_empty_tool_calls(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Leave ``tool_calls`` out when there are none, as OpenAI's API does."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("tool_calls") is None:
+            data.pop("tool_calls", None)
+        return data
 
 
 class Choice(BaseModel):

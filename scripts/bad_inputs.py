@@ -179,6 +179,7 @@ def _other_endpoints(model: str) -> list[tuple[str, str, Any]]:
     image = {"type": "input_image", "image_url": "data:image/png;base64,@@@@"}
     return [
         ("completions: no prompt", COMPLETIONS, {"model": model}),
+        ("completions: empty prompt", COMPLETIONS, {"model": model, "prompt": ""}),
         ("completions: token-id prompt", COMPLETIONS, {"model": model, "prompt": [1, 2]}),
         ("completions: logprobs 9", COMPLETIONS, {"model": model, "prompt": "x", "logprobs": 9}),
         (
@@ -189,6 +190,7 @@ def _other_endpoints(model: str) -> list[tuple[str, str, Any]]:
         ("completions: suffix", COMPLETIONS, {"model": model, "prompt": "x", "suffix": "y"}),
         ("completions: best_of 3", COMPLETIONS, {"model": model, "prompt": "x", "best_of": 3}),
         ("responses: no input", RESPONSES, {"model": model}),
+        ("responses: empty input list", RESPONSES, {"model": model, "input": []}),
         ("responses: store", RESPONSES, {"model": model, "input": "x", "store": True}),
         (
             "responses: previous_response_id",

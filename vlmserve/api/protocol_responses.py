@@ -112,7 +112,7 @@ class ResponsesRequest(RequestModel):
     """``POST /v1/responses``."""
 
     model: StrictStr
-    input: StrictStr | list[InputItem]
+    input: StrictStr | Annotated[list[InputItem], Field(min_length=1)]
     instructions: StrictStr | None = None
     max_output_tokens: StrictInt | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)

@@ -7,9 +7,9 @@ grammar engine cannot compile is a 400 on every engine. The transformers engine 
 forbids to ``-inf``; after sampling, the matcher accepts the token.
 
 Near the end of the token budget a constraint also *steers towards closing*: among the allowed
-tokens it favours a quote (inside a string it closes it; elsewhere it starts the shortest value),
-then those that close an object or an array, then a comma (it ends a number), so a sequence
-that would otherwise be cut off mid-JSON (``finish_reason: length``, unparseable text) usually
+tokens it favours, inside a string, the quote that closes it, and elsewhere those that close an
+object or an array, then a quote, then a comma, so a sequence that would otherwise be cut off
+mid-JSON (``finish_reason: length``, unparseable text) usually
 completes within its budget.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,14 +30,37 @@ logger = logging.getLogger(__name__)
 
 #: The whole of ``json_object``: any JSON object, as vLLM compiles it.
 ANY_OBJECT = '{"type": "object"}'
-#: Near the budget's end, allowed tokens holding these bytes are favoured, earlier ones more.
-_CLOSERS = ((b'"',), (b"}", b"]"), (b",",))
+#: Near the budget's end, allowed tokens holding these bytes are favoured, earlier ones more:
+#: inside a string, the quote that closes it; outside, whatever closes a structure, then a quote
+#: (it starts the shortest value, an empty string), then a comma (it ends a number).
+_INSIDE = ((b'"',),)
+_OUTSIDE = ((b"}", b"]"), (b'"',), (b",",))
 _BONUS = 1.0e4
 
 
+def _bonus(pieces: Sequence[bytes], tiers: tuple[tuple[bytes, ...], ...]) -> torch.Tensor:
+    """Per token, a bonus for the first tier whose bytes it holds (earlier tiers more)."""
+    bonus = torch.zeros(len(pieces))
+    for token_id, piece in enumerate(pieces):
+        for tier, chars in enumerate(tiers):
+            if any(c in piece for c in chars):
+                bonus[token_id] = _BONUS * (len(tiers) - tier)
+                break
+    return bonus
+
+
+@dataclass
+class _Steering:
+    """What steering needs per tokenizer: each token's bytes and the two bonus rows."""
+
+    pieces: list[bytes]
+    inside: torch.Tensor
+    outside: torch.Tensor
+
+
 def closing_window(max_tokens: int) -> int:
-    """How many tokens before the budget's end the steering starts: half, 32 to 64 tokens."""
-    return min(64, max(32, max_tokens // 2))
+    """How many tokens before the budget's end the steering starts: half, 48 to 128 tokens."""
+    return min(128, max(48, max_tokens // 2))
 
 
 def schema_text(response_format: Mapping[str, Any] | None) -> str | None:
@@ -86,15 +110,12 @@ class Grammars:
         info = xgr.TokenizerInfo.from_huggingface(
             tokenizer, vocab_size=vocab_size, stop_token_ids=list(stop_token_ids)
         )
+        self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self._compiler = xgr.GrammarCompiler(info, max_threads=2)
-        bonus = torch.zeros(vocab_size)
-        for token_id, piece in enumerate(info.decoded_vocab[:vocab_size]):
-            for tier, chars in enumerate(_CLOSERS):
-                if any(c in piece for c in chars):
-                    bonus[token_id] = _BONUS * (len(_CLOSERS) - tier)
-                    break
-        self._bonus = bonus
+        pieces = list(info.decoded_vocab[:vocab_size])
+        pieces += [b""] * (vocab_size - len(pieces))
+        self._steering = _Steering(pieces, _bonus(pieces, _INSIDE), _bonus(pieces, _OUTSIDE))
 
     def compile(self, response_format: Mapping[str, Any] | None) -> xgr.CompiledGrammar | None:
         """The compiled grammar of a ``response_format`` (None: plain text); slow, cached."""
@@ -113,17 +134,20 @@ class Grammars:
         """A fresh grammar state for one sequence (None for plain text)."""
         if compiled is None:
             return None
-        return Constraint(xgr.GrammarMatcher(compiled), self.vocab_size, self._bonus)
+        return Constraint(xgr.GrammarMatcher(compiled), self.vocab_size, self._steering)
 
 
 class Constraint:
     """The grammar state of one sequence."""
 
-    def __init__(self, matcher: xgr.GrammarMatcher, vocab_size: int, bonus: torch.Tensor):
+    def __init__(self, matcher: xgr.GrammarMatcher, vocab_size: int, steering: _Steering):
         self._matcher = matcher
         self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)
         self._vocab_size = vocab_size
-        self._bonus = bonus
+        self._steering = steering
+        #: Whether the output so far ends inside a JSON string (and after a backslash in it).
+        self._in_string = False
+        self._escaped = False
 
     def apply(self, logits: torch.Tensor, steer: bool) -> bool:
         """Forbid, in place, the tokens the grammar does not allow next; False if none is left.
@@ -139,10 +163,19 @@ class Constraint:
         if not bool(allowed.any()):
             return False
         if steer:
-            logits[: self._vocab_size] += self._bonus
+            steering = self._steering
+            logits[: self._vocab_size] += steering.inside if self._in_string else steering.outside
         return True
 
     def accept(self, token_id: int) -> None:
         """Advance the grammar past the sampled token."""
         if not self._matcher.accept_token(token_id):
             logger.warning("grammar refused token %d it had allowed", token_id)
+        pieces = self._steering.pieces
+        for byte in pieces[token_id] if token_id < len(pieces) else b"":
+            if self._escaped:
+                self._escaped = False
+            elif self._in_string and byte == 0x5C:  # a backslash escapes the next character
+                self._escaped = True
+            elif byte == 0x22:  # a quote opens or closes a string
+                self._in_string = not self._in_string

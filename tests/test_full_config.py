@@ -82,7 +82,7 @@ def test_vllm_builds_the_dummy_weight_engine_config(full_dir: Callable[[str], Pa
     vllm_cpu.install()
     from vllm.renderers import renderer_from_config
 
-    from vlmserve.engine import vllm_engine
+    from vlmserve.engine import vllm_engine, vllm_prepare
 
     name = "llava-1.5-7b"
     path = full_dir(name)
@@ -99,7 +99,7 @@ def test_vllm_builds_the_dummy_weight_engine_config(full_dir: Callable[[str], Pa
         images=[ImageInput(Image.new("RGB", (800, 600), "teal"), "high")],
     )
     engine_input = asyncio.run(
-        vllm_engine.render_request(renderer_from_config(config), family, request)
+        vllm_prepare.render_request(renderer_from_config(config), family, request)
     )
     lengths = [p.length for p in engine_input["mm_placeholders"]["image"]]
     assert lengths == [family.image_tokens(800, 600)]

@@ -277,3 +277,15 @@ def test_fewer_images_per_request_rather_than_a_refusal() -> None:
     assert any("Only 2 of the 8 images" in line for line in plan.explanation)
     roomy = plan_for("phi-3-vision", "A10G", max_images=8)
     assert roomy.images_per_prompt == 8
+
+
+def test_every_planned_vllm_setting_is_an_override() -> None:
+    """A setting marked PLANNED in config.py that the planner does not take fails here."""
+    from vlmserve.config import vllm_setting_names
+
+    names = vllm_setting_names(planned=True)
+    assert {f.name for f in dataclasses.fields(Overrides)} == set(names)
+    assert "gpu_memory_utilization" in names and "load_format" not in names
+    assert vllm_setting_names(planned=False) == ("load_format",)
+    values = {"dtype": "float16", "max_num_seqs": 8, "gpu_memory_utilization": 0.5}
+    assert Overrides.from_settings(Settings(**values)).given() == values

@@ -9,7 +9,9 @@ uses), and validates sampling parameters as it does when a request arrives. Only
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,14 @@ def vllm_mod() -> Any:
     from vlmserve.engine import vllm_engine
 
     return vllm_engine
+
+
+@pytest.fixture(scope="module")
+def vllm_prep(vllm_mod: Any) -> Any:
+    """vLLM's side of the request seam (rendering, sampling), on the same vLLM set-up."""
+    from vlmserve.engine import vllm_prepare
+
+    return vllm_prepare
 
 
 @pytest.fixture(scope="module")
@@ -161,12 +171,12 @@ def placeholder_lengths(engine_input: dict[str, Any]) -> list[int]:
 @pytest.mark.parametrize("detail", ["high", "low"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_rendered_prompt_has_the_predicted_image_tokens(
-    family: str, detail: str, vllm_mod: Any, vllm_setup: Any
+    family: str, detail: str, vllm_prep: Any, vllm_setup: Any
 ) -> None:
     _, renderer = vllm_setup(family)
     fam = get_family(family)
     request = chat([ImageInput(image(), detail)])  # type: ignore[arg-type]
-    engine_input = asyncio.run(vllm_mod.render_request(renderer, fam, request))
+    engine_input = asyncio.run(vllm_prep.render_request(renderer, fam, request))
     expected = fam.image_tokens(*LARGE, detail)  # type: ignore[arg-type]
     assert placeholder_lengths(engine_input) == [expected]
     image_token = engine_input["mm_placeholders"]["image"][0]
@@ -175,14 +185,14 @@ def test_rendered_prompt_has_the_predicted_image_tokens(
 
 
 @pytest.mark.parametrize("family", ["llava-next", "internvl"])
-def test_low_detail_cuts_prompt_tokens(family: str, vllm_mod: Any, vllm_setup: Any) -> None:
+def test_low_detail_cuts_prompt_tokens(family: str, vllm_prep: Any, vllm_setup: Any) -> None:
     _, renderer = vllm_setup(family)
     fam = get_family(family)
     sizes = {}
     for detail in ("high", "low"):
         request = chat([ImageInput(image(), detail)])  # type: ignore[arg-type]
         sizes[detail] = len(
-            asyncio.run(vllm_mod.render_request(renderer, fam, request))["prompt_token_ids"]
+            asyncio.run(vllm_prep.render_request(renderer, fam, request))["prompt_token_ids"]
         )
     saved = fam.image_tokens(*LARGE, "high") - fam.image_tokens(*LARGE, "low")
     assert saved > 900
@@ -190,16 +200,16 @@ def test_low_detail_cuts_prompt_tokens(family: str, vllm_mod: Any, vllm_setup: A
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_two_images_in_order(family: str, vllm_mod: Any, vllm_setup: Any) -> None:
+def test_two_images_in_order(family: str, vllm_prep: Any, vllm_setup: Any) -> None:
     _, renderer = vllm_setup(family)
     fam = get_family(family)
     images = [ImageInput(image(LARGE), "high"), ImageInput(image((500, 900)), "high")]
-    engine_input = asyncio.run(vllm_mod.render_request(renderer, fam, chat(images)))
+    engine_input = asyncio.run(vllm_prep.render_request(renderer, fam, chat(images)))
     lengths = placeholder_lengths(engine_input)
     assert lengths == [fam.image_tokens(*LARGE), fam.image_tokens(500, 900)]
     # Image tokens are the positions that hold image features (InternVL's <img> and </img> do
     # not), counted in what vLLM rendered.
-    counts = vllm_mod.image_token_counts(engine_input)
+    counts = vllm_prep.image_token_counts(engine_input)
     assert len(counts) == 2 and 0 <= lengths[0] - counts[0] <= 2
 
 
@@ -226,7 +236,7 @@ def processor_refuses_placeholder_text(path: Path) -> bool:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_vllm_input_processor_accepts_the_rendered_request(
     family: str,
-    vllm_mod: Any,
+    vllm_prep: Any,
     vllm_setup: Any,
     tiny_vllm_model: Callable[[str], Path],
     request: pytest.FixtureRequest,
@@ -250,8 +260,8 @@ def test_vllm_input_processor_accepts_the_rendered_request(
     config, renderer = vllm_setup(family)
     fam = get_family(family)
     images = [ImageInput(image(), "high"), ImageInput(image((640, 480)), "high")]
-    engine_input = asyncio.run(vllm_mod.render_request(renderer, fam, chat(images)))
-    params = vllm_mod.sampling_params(sampling(max_tokens=5, n=2, logprobs=True, top_logprobs=2))
+    engine_input = asyncio.run(vllm_prep.render_request(renderer, fam, chat(images)))
+    params = vllm_prep.sampling_params(sampling(max_tokens=5, n=2, logprobs=True, top_logprobs=2))
     processor = InputProcessor(config, renderer)
     core_request = processor.process_inputs(
         "req-1", engine_input, params, supported_tasks=("generate",)
@@ -272,18 +282,102 @@ def test_internvl_refuses_mixed_detail_in_one_request(vllm_mod: Any) -> None:
     assert shared_processor_kwargs(get_family("llava-next"), images) == {}
 
 
-def test_prompt_longer_than_the_context_is_a_bad_request(vllm_mod: Any, vllm_setup: Any) -> None:
+def test_prompt_longer_than_the_context_is_a_bad_request(vllm_prep: Any, vllm_setup: Any) -> None:
     _, renderer = vllm_setup("llava")
     request = chat([ImageInput(image(), "high")], text="describe the picture " * 4000)
     with pytest.raises(RequestRejected) as err:
-        asyncio.run(vllm_mod.render_request(renderer, get_family("llava"), request))
+        asyncio.run(vllm_prep.render_request(renderer, get_family("llava"), request))
     assert err.value.param == "messages"
+
+
+# -- the prepare step: one rendering, the engine's limits, checkpoint defaults -----------------
+
+
+@pytest.fixture(scope="module")
+def sampling_llava(vllm_mod: Any, tiny_vllm_model: Callable[[str], Path], tmp_path_factory: Any):  # type: ignore[no-untyped-def]
+    """A tiny LLaVA with sampling defaults in generation_config.json, configured as a plan
+    would start it on a small GPU: one image per prompt, below the setting's four."""
+    from vllm.renderers import renderer_from_config
+
+    path = tmp_path_factory.mktemp("sampling") / "llava"
+    shutil.copytree(tiny_vllm_model("llava"), path)
+    defaults = {"temperature": 0.6, "top_p": 0.9, "top_k": 20, "repetition_penalty": 1.05}
+    (path / "generation_config.json").write_text(json.dumps(defaults))
+    settings = Settings(max_images_per_request=4, default_max_tokens=5000)
+    plan = {"max_model_len": 2048, "limit_mm_per_prompt": {"image": 1}}
+    args = vllm_mod.engine_args_from_settings(settings, path, plan)
+    config = vllm_mod.build_vllm_config(args)
+    limits = vllm_mod.engine_limits(RequestLimits.from_settings(settings), args)
+    return config, renderer_from_config(config), limits
+
+
+def prepare(vllm_prep: Any, setup: Any, request: EngineRequest) -> Any:
+    config, renderer, limits = setup
+    return asyncio.run(
+        vllm_prep.prepare_request(
+            renderer,
+            config,
+            get_family("llava"),
+            request,
+            limits=limits,
+            defaults=vllm_prep.sampling_defaults(config),
+        )
+    )
+
+
+def test_prepare_fills_checkpoint_defaults_and_caps_max_tokens(
+    vllm_prep: Any, sampling_llava: Any
+) -> None:
+    request = chat([ImageInput(image(), "high")])
+    request.sampling = SamplingOptions()
+    prepared = prepare(vllm_prep, sampling_llava, request)
+    ids = prepared.inputs["prompt_token_ids"]
+    assert prepared.prompt_tokens == len(ids) > prepared.image_tokens == 576
+    # The default (5000) does not fit: the request gets what the 2048-token context leaves.
+    assert prepared.sampling.max_tokens == 2048 - len(ids)
+    params = vllm_prep.sampling_params(prepared.sampling)
+    assert (params.temperature, params.top_p, params.top_k) == (0.6, 0.9, 20)
+    assert params.repetition_penalty == 1.05
+    request.sampling = SamplingOptions(temperature=0.3, top_k=5, max_tokens=7)
+    params = vllm_prep.sampling_params(prepare(vllm_prep, sampling_llava, request).sampling)
+    assert (params.temperature, params.top_k, params.max_tokens, params.top_p) == (0.3, 5, 7, 0.9)
+
+
+def test_prepare_refuses_an_explicit_max_tokens_over_the_context(
+    vllm_prep: Any, sampling_llava: Any
+) -> None:
+    request = chat([ImageInput(image(), "high")])
+    request.sampling = SamplingOptions(max_tokens=2000)
+    with pytest.raises(RequestRejected) as err:
+        prepare(vllm_prep, sampling_llava, request)
+    assert (err.value.param, err.value.code) == ("messages", "context_length_exceeded")
+    assert "maximum context length is 2048 tokens" in err.value.message
+
+
+def test_prepare_enforces_the_image_limit_vllm_runs_with(
+    vllm_prep: Any, sampling_llava: Any
+) -> None:
+    config, _, limits = sampling_llava
+    assert limits.max_images == 1
+    assert config.model_config.multimodal_config.get_limit_per_prompt("image") == 1
+    two = chat([ImageInput(image(), "high"), ImageInput(image(), "high")])
+    with pytest.raises(RequestRejected) as err:
+        prepare(vllm_prep, sampling_llava, two)
+    assert (err.value.param, err.value.code) == ("messages", "too_many_images")
+
+
+def test_prepare_renders_a_plain_prompt(vllm_prep: Any, sampling_llava: Any) -> None:
+    request = EngineRequest("p", SamplingOptions(max_tokens=3), prompt="USER: hello\nASSISTANT:")
+    prepared = prepare(vllm_prep, sampling_llava, request)
+    tokenizer = sampling_llava[1].tokenizer
+    assert prepared.inputs["prompt_token_ids"] == tokenizer.encode("USER: hello\nASSISTANT:")
+    assert (prepared.image_tokens, prepared.sampling.max_tokens) == (0, 3)
 
 
 # -- sampling parameters ------------------------------------------------------------------------
 
 
-def test_sampling_options_map_to_sampling_params(vllm_mod: Any) -> None:
+def test_sampling_options_map_to_sampling_params(vllm_prep: Any) -> None:
     from vllm.sampling_params import RequestOutputKind
 
     options = sampling(
@@ -302,7 +396,7 @@ def test_sampling_options_map_to_sampling_params(vllm_mod: Any) -> None:
         logprobs=True,
         top_logprobs=5,
     )
-    params = vllm_mod.sampling_params(options)
+    params = vllm_prep.sampling_params(options)
     assert (params.max_tokens, params.temperature, params.top_p) == (33, 0.7, 0.9)
     assert (params.top_k, params.repetition_penalty) == (20, 1.1)
     assert (params.seed, params.n, params.min_tokens, params.ignore_eos) == (7, 3, 2, True)
@@ -311,17 +405,17 @@ def test_sampling_options_map_to_sampling_params(vllm_mod: Any) -> None:
     assert params.logprobs == 5
     assert params.output_kind == RequestOutputKind.DELTA
     assert params.structured_outputs is None
-    assert vllm_mod.sampling_params(sampling(max_tokens=4)).logprobs is None
+    assert vllm_prep.sampling_params(sampling(max_tokens=4)).logprobs is None
 
 
-def test_response_format_maps_to_structured_outputs(vllm_mod: Any) -> None:
+def test_response_format_maps_to_structured_outputs(vllm_prep: Any) -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
     json_schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
-    params = vllm_mod.sampling_params(sampling(response_format=json_schema))
+    params = vllm_prep.sampling_params(sampling(response_format=json_schema))
     assert params.structured_outputs.json == schema
-    params = vllm_mod.sampling_params(sampling(response_format={"type": "json_object"}))
+    params = vllm_prep.sampling_params(sampling(response_format={"type": "json_object"}))
     assert params.structured_outputs.json_object is True
-    text = vllm_mod.sampling_params(sampling(response_format={"type": "text"}))
+    text = vllm_prep.sampling_params(sampling(response_format={"type": "text"}))
     assert text.structured_outputs is None
 
 
@@ -357,15 +451,15 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
 
 @pytest.mark.parametrize(("fields", "param"), REJECTED, ids=[p for _, p in REJECTED])
 def test_what_vllm_rejects_is_a_400_with_param(
-    fields: dict[str, Any], param: str, vllm_mod: Any, vllm_setup: Any
+    fields: dict[str, Any], param: str, vllm_prep: Any, vllm_setup: Any
 ) -> None:
     config, renderer = vllm_setup("llava")
     with pytest.raises(RequestRejected) as err:
-        vllm_mod.verify_sampling(sampling(**fields), config, renderer.tokenizer)
+        vllm_prep.verify_sampling(sampling(**fields), config, renderer.tokenizer)
     assert err.value.param == param
 
 
-def test_valid_requests_pass_verification(vllm_mod: Any, vllm_setup: Any) -> None:
+def test_valid_requests_pass_verification(vllm_prep: Any, vllm_setup: Any) -> None:
     config, renderer = vllm_setup("internvl")
     schema = {"type": "object", "properties": {"a": {"type": "string"}}}
     for options in (
@@ -373,7 +467,7 @@ def test_valid_requests_pass_verification(vllm_mod: Any, vllm_setup: Any) -> Non
         sampling(response_format={"type": "json_object"}),
         sampling(response_format={"type": "json_schema", "json_schema": {"schema": schema}}),
     ):
-        vllm_mod.verify_sampling(options, config, renderer.tokenizer)
+        vllm_prep.verify_sampling(options, config, renderer.tokenizer)
 
 
 # -- outputs and stats --------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from vlmserve.images.detail import Detail
 
 EngineName = Literal["auto", "transformers", "vllm"]
+#: Room in the default body limit for the text and JSON around the images.
+BODY_SLACK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,30 @@ class Settings(BaseSettings):
         default=40_000_000,
         ge=1,
         description="Largest image accepted, in pixels (width x height), checked before decoding.",
+    )
+    max_image_aspect_ratio: float = Field(
+        default=100.0,
+        ge=1,
+        description="Longest side over shortest side an image may have, checked from its header "
+        "before decoding (a 1x60000 strip is refused).",
+    )
+    max_resized_image_pixels: int = Field(
+        default=16_000_000,
+        ge=1,
+        description="Most pixels one image may become after the model family's own resize "
+        "(LLaVA scales the short side up to 336), checked from the header before decoding.",
+    )
+    max_image_pixels_per_request: int = Field(
+        default=100_000_000,
+        ge=1,
+        description="Most image pixels one request may carry in all (eight 12-megapixel photos "
+        "fit), checked from the headers before any image is decoded.",
+    )
+    max_request_body_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Largest request body, in bytes; past it a 413 and nothing more is read. "
+        "Unset: max_images_per_request images of max_image_bytes in base64, plus 1 MiB.",
     )
     media_fetch_timeout_seconds: float = Field(
         default=10.0,
@@ -204,14 +230,26 @@ class Settings(BaseSettings):
         description="vLLM weight loading: auto, or dummy for random weights when benchmarking.",
     )
 
+    def request_body_limit(self) -> int:
+        """The request body limit: the setting, or the largest allowed image set in base64."""
+        if self.max_request_body_bytes is not None:
+            return self.max_request_body_bytes
+        base64_image = 4 * -(-self.max_image_bytes // 3) + len("data:image/jpeg;base64,")
+        return self.max_images_per_request * base64_image + BODY_SLACK_BYTES
+
+
+def vllm_setting_names(*, planned: bool) -> tuple[str, ...]:
+    """The settings marked as vLLM engine arguments, planned or direct (see :class:`VllmArg`)."""
+    return tuple(
+        name for name, info in Settings.model_fields.items() if VllmArg(planned) in info.metadata
+    )
+
 
 def vllm_args(settings: Settings, *, planned: bool) -> dict[str, Any]:
-    """The vLLM engine arguments the operator set (values other than the field's default),
-    among the planned settings or the direct ones (see :class:`VllmArg`)."""
-    found = {}
-    for name, info in Settings.model_fields.items():
-        marks = [m for m in info.metadata if isinstance(m, VllmArg)]
-        value = getattr(settings, name)
-        if marks and marks[0].planned == planned and value != info.default:
-            found[name] = value
-    return found
+    """The vLLM engine arguments the operator set (values other than the field's default)."""
+    fields = Settings.model_fields
+    return {
+        name: getattr(settings, name)
+        for name in vllm_setting_names(planned=planned)
+        if getattr(settings, name) != fields[name].default
+    }

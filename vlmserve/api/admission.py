@@ -9,13 +9,12 @@ once: a client retries or goes elsewhere instead of piling onto a queue that onl
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Collection
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vlmserve.api.errors import APIError, OverloadedError
+from vlmserve.api.errors import APIError, OverloadedError, send_error
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ class AdmissionMiddleware:
         refusal = self.admission.refusal()
         if refusal is not None:
             logger.info("refused: %s", refusal.code)
-            await _send_error(send, refusal)
+            await send_error(send, refusal)
             return
         started = False
 
@@ -98,14 +97,6 @@ class AdmissionMiddleware:
             # The shutdown grace ran out and uvicorn cancelled the request: answer in OpenAI's
             # shape (uvicorn would send a bare 500) so the client retries elsewhere.
             logger.warning("cut by shutdown before it finished")
-            await _send_error(send, OverloadedError(_CUT, code="shutting_down", retry_after=1))
+            await send_error(send, OverloadedError(_CUT, code="shutting_down", retry_after=1))
         finally:
             self.admission.leave()
-
-
-async def _send_error(send: Send, error: APIError) -> None:
-    body = json.dumps(error.body()).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers().items()]
-    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

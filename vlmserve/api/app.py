@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vlmserve.api.access import KeyChecker, RateLimiter, load_api_keys
 from vlmserve.api.admission import Admission, AdmissionMiddleware
+from vlmserve.api.body_limit import BodyLimitMiddleware
 from vlmserve.api.chat import CHAT_PATH, ChatHandler
 from vlmserve.api.completions import COMPLETIONS_PATH, CompletionHandler
 from vlmserve.api.errors import OverloadedError, error_response, install_error_handlers
@@ -48,7 +49,7 @@ logger = logging.getLogger(__name__)
 #: The endpoints that generate: admission, rate limits and per-endpoint metrics apply to each.
 GENERATION_PATHS = (CHAT_PATH, COMPLETIONS_PATH, RESPONSES_PATH)
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 429, 500, 503, 504)
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 500, 503, 504)
 }
 _bearer = HTTPBearer(auto_error=False, description="One of the server's API keys, if it has any.")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
@@ -226,6 +227,7 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
     app.state.vlm = state
     install_error_handlers(app)
     app.add_middleware(AdmissionMiddleware, admission=state.admission, paths=GENERATION_PATHS)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.request_body_limit())
     app.add_middleware(RequestIdMiddleware, metrics=state.metrics)
 
     def ready_state() -> ServerState:

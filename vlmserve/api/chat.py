@@ -34,7 +34,6 @@ from vlmserve.api.serving import (
     Generation,
     Tally,
     UsageSink,
-    gather_or_cancel,
     guarded,
     sse,
     with_done,
@@ -50,8 +49,9 @@ from vlmserve.engine.base import (
     TokenLogprob,
 )
 from vlmserve.engine.prepare import check_image_count
-from vlmserve.images.decode import ImageLimits, load_image
+from vlmserve.images.decode import ImageLimits
 from vlmserve.images.fetch import MediaFetcher, MediaPolicy
+from vlmserve.images.pipeline import ImagePipeline, ImageRef
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +75,11 @@ class MessageReader:
         self.engine = engine
         self.settings = settings
         self.metrics = metrics
-        self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
-        self.media = MediaFetcher(MediaPolicy.from_settings(settings))
+        self.images = ImagePipeline(
+            ImageLimits.from_settings(settings),
+            MediaFetcher(MediaPolicy.from_settings(settings)),
+            engine.family,
+        )
 
     async def read(
         self, messages: list[ChatMessage], plan: ToolPlan | None, field: str = "messages"
@@ -87,7 +90,7 @@ class MessageReader:
         engine's limit before any image is fetched.
         """
         out: list[dict[str, Any]] = []
-        pending: list[tuple[str, Any, str]] = []
+        pending: list[ImageRef] = []
         call_ids: set[str] = set()
         for i, message in enumerate(messages):
             content = message.content if message.content is not None else ""
@@ -98,7 +101,7 @@ class MessageReader:
                 elif isinstance(part, ImagePart):
                     param = f"{field}[{i}].content[{j}].image_url"
                     detail = part.image_url.detail or self.settings.default_image_detail
-                    pending.append((part.image_url.url, detail, param))
+                    pending.append(ImageRef(part.image_url.url, detail, param))
                     parts.append({"type": "image"})
                 else:
                     parts.append({"type": "text", "text": part.text})
@@ -106,13 +109,11 @@ class MessageReader:
         if plan is not None and plan.in_prompt:
             add_system_text(out, plan.prompt())
         check_image_count(len(pending), self.engine.limits)
-        decoded = await gather_or_cancel(
-            [load_image(url, param, self.limits, self.media) for url, _, param in pending]
-        )
+        decoded = await self.images.load(pending)
         self.metrics.images.inc(len(decoded))
         images = [
-            ImageInput(image, detail, param)
-            for image, (_, detail, param) in zip(decoded, pending, strict=True)
+            ImageInput(image, ref.detail, ref.param)
+            for image, ref in zip(decoded, pending, strict=True)
         ]
         return out, images
 

@@ -9,6 +9,7 @@ to the log only.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from typing import Any
@@ -17,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 from vlmserve.engine.errors import EngineError, EngineFailed, EngineStopping, RequestRejected
 
@@ -106,6 +108,18 @@ class RequestTimeoutError(APIError):
     default_code = "timeout"
 
 
+class PayloadTooLargeError(APIError):
+    """The request body is over the server's limit (413); the connection is closed after it."""
+
+    status_code = 413
+    error_type = "invalid_request_error"
+    default_code = "request_too_large"
+
+    def headers(self) -> dict[str, str]:
+        """``Connection: close``: the rest of the body is never read, so the connection ends."""
+        return {"Connection": "close"}
+
+
 class InternalError(APIError):
     """Something failed inside the server; the message stays generic (500)."""
 
@@ -143,6 +157,15 @@ def validation_param(loc: tuple[Any, ...] | list[Any]) -> str | None:
 def error_response(error: APIError) -> JSONResponse:
     """The JSON response for one :class:`APIError`."""
     return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers())
+
+
+async def send_error(send: Send, error: APIError) -> None:
+    """Answer ``error`` straight through ASGI ``send``, for middleware outside FastAPI."""
+    body = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers().items()]
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _first_validation_error(exc: RequestValidationError) -> BadRequestError:

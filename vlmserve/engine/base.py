@@ -24,6 +24,7 @@ from vlmserve.images.detail import Detail
 
 if TYPE_CHECKING:
     from vlmserve.config import Settings
+    from vlmserve.models.base import ModelFamily
 
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -206,6 +207,8 @@ class Engine(abc.ABC):
     #: The limits this engine enforces in :meth:`prepare`; the HTTP layer reads ``max_images``
     #: to refuse a request before fetching its images.
     limits: RequestLimits = RequestLimits()
+    #: The model family served: its image geometry bounds what the HTTP layer lets through.
+    family: ModelFamily | None = None
 
     @property
     @abc.abstractmethod

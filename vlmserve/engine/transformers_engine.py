@@ -1,10 +1,12 @@
 """The transformers engine: CPU (or one GPU) serving with continuous batching, for development.
 
-Requests are preprocessed off the event loop, then handed to one worker thread that owns the
-model. Each step the worker admits waiting requests (one prefill each, with their images), then
-runs ONE batched decode step for every running sequence: per-sequence KV caches are left-padded
-into a batch, so a request joins or leaves the batch between any two decode steps. Outputs go back
-to each request's asyncio queue. An aborted request is dropped at the next step.
+``prepare`` runs the processor once per request, off the event loop (the rendered prompt gives
+the length and image tokens the shared checks need); ``generate`` hands the prepared inputs to one
+worker thread that owns the model. Each step the worker admits waiting requests (one prefill
+each, with their images), then runs ONE batched decode step for every running sequence:
+per-sequence KV caches are left-padded into a batch, so a request joins or leaves the batch
+between any two decode steps. Outputs go back to each request's asyncio queue. An aborted request
+is dropped at the next step.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from vlmserve.engine.prepare import (
 from vlmserve.engine.sampling import adjust_logits, new_generator, sample, token_logprob
 from vlmserve.engine.text import TextStream
 from vlmserve.logs import for_request
+from vlmserve.models.base import ModelFamily
 from vlmserve.models.families import family_for_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -164,7 +167,7 @@ class TransformersEngine(Engine):
         limits: RequestLimits | None = None,
     ):
         self.model_path = Path(model_path)
-        self.family = family_for_checkpoint(self.model_path)
+        self.family: ModelFamily = family_for_checkpoint(self.model_path)
         self.limits = limits or RequestLimits()
         self._defaults = checkpoint_sampling_defaults(self.model_path)
         self.device = device

@@ -4,7 +4,7 @@ The encoded size is checked before decoding, the pixel count from the header bef
 are read (so a decompression bomb is refused cheaply), and decoding runs off the event loop. Only
 JPEG, PNG, WebP, GIF and BMP are opened: Pillow's other formats (EPS runs Ghostscript) are more
 attack surface than a vision model needs. ``http(s)`` and ``file`` URLs go through
-:mod:`vlmserve.images.fetch`.
+:mod:`vlmserve.images.fetch`; :mod:`vlmserve.images.pipeline` puts the steps together.
 """
 
 from __future__ import annotations
@@ -12,16 +12,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import io
+import math
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vlmserve.api.errors import BadRequestError
-from vlmserve.images.fetch import MediaFetcher, too_large
+from vlmserve.config import Settings
+from vlmserve.images.fetch import too_large
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w/+.-]*)(?P<params>(;[\w=.-]+)*?);base64,", re.I)
@@ -29,10 +33,24 @@ _DATA_URL = re.compile(r"^data:(?P<mime>[\w/+.-]*)(?P<params>(;[\w=.-]+)*?);base
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Per-image limits from the settings."""
+    """Image limits from the settings: per image, and per request."""
 
     max_bytes: int
     max_pixels: int
+    max_aspect_ratio: float = math.inf
+    max_resized_pixels: int | None = None
+    max_request_pixels: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImageLimits:
+        """The limits the settings describe."""
+        return cls(
+            max_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_image_pixels,
+            max_aspect_ratio=settings.max_image_aspect_ratio,
+            max_resized_pixels=settings.max_resized_image_pixels,
+            max_request_pixels=settings.max_image_pixels_per_request,
+        )
 
 
 def decode_data_url(url: str, param: str, limits: ImageLimits) -> bytes:
@@ -51,24 +69,13 @@ def decode_data_url(url: str, param: str, limits: ImageLimits) -> bytes:
         raise BadRequestError("Image data is not valid base64.", param=param) from None
 
 
-def _open_checked(data: bytes, param: str, limits: ImageLimits) -> Image.Image:
-    if len(data) > limits.max_bytes:
-        raise too_large(limits.max_bytes, param)
+@contextlib.contextmanager
+def _unreadable_as_400(param: str) -> Iterator[None]:
+    """Turn Pillow's many ways of failing on a bad file into one 400 naming the image."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
-            width, height = image.size
-            if width * height > limits.max_pixels:
-                raise BadRequestError(
-                    f"Image is {width}x{height} pixels, more than the {limits.max_pixels}-pixel "
-                    "limit.",
-                    param=param,
-                    code="image_too_large",
-                )
-            image.load()  # a GIF or animated WebP stays on its first frame
-            upright = ImageOps.exif_transpose(image) or image
-            return to_rgb(upright)
+            yield
     except (
         UnidentifiedImageError,
         OSError,
@@ -80,6 +87,42 @@ def _open_checked(data: bytes, param: str, limits: ImageLimits) -> Image.Image:
         raise BadRequestError(
             "The data is not a readable image.", param=param, code="invalid_image"
         ) from None
+
+
+def _open_header(data: bytes, param: str, limits: ImageLimits) -> Image.Image:
+    """Open an image from its header only, refusing it when its size breaks a per-image limit."""
+    if len(data) > limits.max_bytes:
+        raise too_large(limits.max_bytes, param)
+    image: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise BadRequestError(
+            f"Image is {width}x{height} pixels, more than the {limits.max_pixels}-pixel limit.",
+            param=param,
+            code="image_too_large",
+        )
+    if width < 1 or height < 1 or max(width, height) / min(width, height) > limits.max_aspect_ratio:
+        raise BadRequestError(
+            f"Image is {width}x{height} pixels; its sides may differ by a factor of at most "
+            f"{limits.max_aspect_ratio:g}.",
+            param=param,
+            code="image_aspect_ratio_too_large",
+        )
+    return image
+
+
+def probe_size(data: bytes, param: str, limits: ImageLimits) -> tuple[int, int]:
+    """(width, height) from the image's header, with the per-image limits checked; no decoding."""
+    with _unreadable_as_400(param):
+        return _open_header(data, param, limits).size
+
+
+def _open_checked(data: bytes, param: str, limits: ImageLimits) -> Image.Image:
+    with _unreadable_as_400(param):
+        image = _open_header(data, param, limits)
+        image.load()  # a GIF or animated WebP stays on its first frame
+        upright = ImageOps.exif_transpose(image) or image
+        return to_rgb(upright)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -101,12 +144,3 @@ def to_rgb(image: Image.Image) -> Image.Image:
 async def decode_image(data: bytes, param: str, limits: ImageLimits) -> Image.Image:
     """Decode image bytes to RGB in a worker thread (EXIF orientation applied)."""
     return await asyncio.to_thread(_open_checked, data, param, limits)
-
-
-async def load_image(url: str, param: str, limits: ImageLimits, media: MediaFetcher) -> Image.Image:
-    """Resolve an ``image_url`` (``data:``, ``http(s)://``, ``file://``) to an RGB image."""
-    if url[:5].lower() == "data:":
-        data = decode_data_url(url, param, limits)
-    else:
-        data = await media.fetch(url, param)
-    return await decode_image(data, param, limits)

@@ -37,6 +37,15 @@ class ModelFamily(abc.ABC):
     def max_image_tokens(self) -> int:
         """The most prompt tokens any one image can take at high detail."""
 
+    @abc.abstractmethod
+    def processed_size(self, width: int, height: int, detail: Detail = "high") -> tuple[int, int]:
+        """(width, height) that covers every resize the image processor makes of this image.
+
+        Each image the processor scales to (a shortest-edge resize, a tile canvas, a thumbnail)
+        fits inside it. Its area bounds the processor's work on the image; an image at least this
+        large in both directions is only ever scaled down by the processor.
+        """
+
     def prepare_image(self, image: Image.Image, detail: Detail) -> Image.Image:
         """Resize an image for ``detail`` when the family's knob is the input size itself."""
         return image

@@ -53,6 +53,12 @@ def num_tiles(width: int, height: int, max_tiles: int = MAX_TILES) -> int:
     return cols * rows + (1 if cols * rows > 1 else 0)
 
 
+def tiled_size(width: int, height: int, max_tiles: int) -> tuple[int, int]:
+    """(width, height) the image is squashed to before it is cut into 448-pixel tiles."""
+    cols, rows = tile_grid(width, height, max_tiles)
+    return cols * TILE_SIZE, rows * TILE_SIZE
+
+
 def max_tiles_for(detail: Detail) -> int:
     """The tile budget per image at ``detail``."""
     return 1 if detail == "low" else MAX_TILES
@@ -79,6 +85,10 @@ class InternVL(ModelFamily):
     def max_image_tokens(self) -> int:
         """12 tiles and a thumbnail: 3,330."""
         return TOKENS_PER_TILE * (MAX_TILES + 1) + IMAGE_DELIMITERS
+
+    def processed_size(self, width: int, height: int, detail: Detail = "high") -> tuple[int, int]:
+        """The tile grid's canvas (the 448 thumbnail fits inside it)."""
+        return tiled_size(width, height, max_tiles_for(detail))
 
     def processor_kwargs(self, detail: Detail) -> dict[str, Any]:
         """The tile budget, as the image processor's ``max_patches``."""

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from vlmserve.models.base import Detail, ModelFamily
-from vlmserve.models.internvl import IMAGE_DELIMITERS, MAX_TILES, TOKENS_PER_TILE, num_tiles
+from vlmserve.models.internvl import (
+    IMAGE_DELIMITERS,
+    MAX_TILES,
+    TOKENS_PER_TILE,
+    num_tiles,
+    tiled_size,
+)
 
 IMAGE_TEXT = "<image>\n"
 # OpenGVLab's default system message for InternVL2 (``conversation.py``, templates
@@ -85,6 +91,10 @@ class InternVL2(ModelFamily):
     def max_image_tokens(self) -> int:
         """12 tiles and a thumbnail: 3,330."""
         return TOKENS_PER_TILE * (MAX_TILES + 1) + IMAGE_DELIMITERS
+
+    def processed_size(self, width: int, height: int, detail: Detail = "high") -> tuple[int, int]:
+        """The tile grid's canvas (the 448 thumbnail fits inside it)."""
+        return tiled_size(width, height, max_tiles_for(detail))
 
     def processor_kwargs(self, detail: Detail) -> dict[str, Any]:
         """``max_dynamic_patch``, the key vLLM's InternVL processing takes too."""

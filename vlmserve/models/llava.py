@@ -59,6 +59,13 @@ def llava_processor_kwargs(tokenizer: Any, chat_template: str) -> dict[str, Any]
     }
 
 
+def shortest_edge_size(width: int, height: int, edge: int) -> tuple[int, int]:
+    """(width, height) after CLIP's resize of the short side to ``edge``, aspect kept."""
+    if width <= height:
+        return edge, int(edge * height / width)
+    return int(edge * width / height), edge
+
+
 #: The 336x336 crop both LLaVA image processors resize to.
 CLIP_SIZES: dict[str, Any] = {
     "size": {"shortest_edge": CLIP_IMAGE_SIZE},
@@ -102,6 +109,10 @@ class Llava15(ModelFamily):
     def max_image_tokens(self) -> int:
         """576."""
         return CLIP_GRID_TOKENS
+
+    def processed_size(self, width: int, height: int, detail: Detail = "high") -> tuple[int, int]:
+        """The short side scaled to 336 before the center crop (up, for a thin strip)."""
+        return shortest_edge_size(width, height, CLIP_IMAGE_SIZE)
 
     def build_tiny(self, out_dir: Path) -> Path:
         """A tiny Llama + CLIP-336 LLaVA checkpoint."""

@@ -8,6 +8,7 @@ and a 576-token view of the whole image comes first. ``detail: low`` shrinks the
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import ClassVar
 
@@ -61,13 +62,18 @@ def anyres_tokens(height: int, width: int) -> int:
     return CLIP_GRID_TOKENS + rows * cols + rows
 
 
+def fit_size(width: int, height: int, side: int) -> tuple[int, int]:
+    """(width, height) shrunk, aspect kept, so that neither edge exceeds ``side``."""
+    if max(width, height) <= side:
+        return width, height
+    scale = side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def fit_within(image: Image.Image, side: int) -> Image.Image:
     """Shrink ``image`` (keeping its aspect) so that neither edge exceeds ``side``."""
-    if max(image.size) <= side:
-        return image
-    scale = side / max(image.size)
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image.resize(size, Image.Resampling.BICUBIC)
+    size = fit_size(image.width, image.height, side)
+    return image if size == image.size else image.resize(size, Image.Resampling.BICUBIC)
 
 
 class LlavaNext(ModelFamily):
@@ -89,14 +95,24 @@ class LlavaNext(ModelFamily):
 
     def image_tokens(self, width: int, height: int, detail: Detail = "high") -> int:
         """Anyres tokens of the image as :meth:`prepare_image` leaves it."""
-        if detail == "low" and max(width, height) > CLIP_IMAGE_SIZE:
-            scale = CLIP_IMAGE_SIZE / max(width, height)
-            width, height = max(1, round(width * scale)), max(1, round(height * scale))
+        if detail == "low":
+            width, height = fit_size(width, height, CLIP_IMAGE_SIZE)
         return anyres_tokens(height, width)
 
     def max_image_tokens(self) -> int:
         """The largest count over the pinpoint canvases (672x672 gives 2,928)."""
         return max(anyres_tokens(h, w) for h, w in GRID_PINPOINTS)
+
+    def processed_size(self, width: int, height: int, detail: Detail = "high") -> tuple[int, int]:
+        """The image fitted into its pinpoint canvas, and at least the 336x336 base view."""
+        if detail == "low":
+            width, height = fit_size(width, height, CLIP_IMAGE_SIZE)
+        canvas_h, canvas_w = best_canvas(height, width)
+        if canvas_w / width < canvas_h / height:
+            fitted = (canvas_w, min(math.ceil(height * canvas_w / width), canvas_h))
+        else:
+            fitted = (min(math.ceil(width * canvas_h / height), canvas_w), canvas_h)
+        return max(fitted[0], CLIP_IMAGE_SIZE), max(fitted[1], CLIP_IMAGE_SIZE)
 
     def prepare_image(self, image: Image.Image, detail: Detail) -> Image.Image:
         """``low`` fits the image into one 336 tile; other details keep it whole."""

@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from vlmserve.models.base import Detail, ModelFamily
-from vlmserve.models.phi3v_image import DEFAULT_NUM_CROPS, image_tokens, max_image_tokens
+from vlmserve.models.phi3v_image import (
+    DEFAULT_NUM_CROPS,
+    hd_size,
+    image_tokens,
+    max_image_tokens,
+)
 
 LOW_DETAIL_CROPS = 1
 
@@ -78,6 +83,10 @@ class Phi3V(ModelFamily):
     def max_image_tokens(self) -> int:
         """A 16x1 grid at 16 crops: 2,653."""
         return max_image_tokens(DEFAULT_NUM_CROPS)
+
+    def processed_size(self, width: int, height: int, detail: Detail = "high") -> tuple[int, int]:
+        """The HD canvas: whole 336-pixel crops across and down."""
+        return hd_size(width, height, crops_for(detail))
 
     def processor_kwargs(self, detail: Detail) -> dict[str, Any]:
         """``num_crops`` for the image processor (vLLM takes the same key)."""

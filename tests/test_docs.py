@@ -14,7 +14,7 @@ def test_readme_settings_table_is_current() -> None:
 
 
 def test_every_setting_is_a_serve_flag() -> None:
-    parser = build_parser()
+    parser = build_parser(["serve"])
     serve = parser._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
     dests = {action.dest for action in serve._actions}
     assert set(Settings.model_fields) <= dests
@@ -25,6 +25,7 @@ def test_flags_override_environment(monkeypatch) -> None:
 
     monkeypatch.setenv("VLMSERVE_PORT", "9001")
     monkeypatch.setenv("VLMSERVE_MAX_BATCH_SIZE", "3")
-    args = build_parser().parse_args(["serve", "--port", "9002", "--no-json-logs"])
+    argv = ["serve", "--port", "9002", "--no-json-logs"]
+    args = build_parser(argv).parse_args(argv)
     settings = settings_from_args(args)
     assert (settings.port, settings.max_batch_size, settings.json_logs) == (9002, 3, False)

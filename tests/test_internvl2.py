@@ -14,10 +14,10 @@ from transformers import InternVLForConditionalGeneration
 
 from tests.engine_contract import decode_together, prefill
 from vlmserve.models.families import family_for_checkpoint, get_family
-from vlmserve.models.internvl2 import chat_template_for
 from vlmserve.models.internvl2_config import InternVLChatConfig
 from vlmserve.models.internvl2_convert import hf_config, to_hf, to_original
 from vlmserve.models.internvl2_files import INTERNLM2_5_7B, INTERNVIT_300M, chat_config
+from vlmserve.models.internvl2_template import chat_template_for
 
 FAMILY = get_family("internvl2")
 SIZES = [(50, 50), (448, 448), (640, 480), (480, 640), (1000, 200), (2048, 2048)]

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from tests.engine_contract import decode_together, prefill
 from vlmserve.models.families import family_for_checkpoint, get_family
 from vlmserve.models.phi3v_files import LONG_FACTOR, SHORT_FACTOR
-from vlmserve.models.phi3v_image import crop_grid, max_image_tokens, tokens_for_grid
+from vlmserve.models.phi3v_spec import crop_grid, max_image_tokens, tokens_for_grid
 
 SIZES = [(50, 50), (336, 336), (640, 480), (480, 640), (1000, 200), (50, 8000), (2048, 2048)]
 FAMILY = get_family("phi3v")

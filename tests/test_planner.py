@@ -18,7 +18,8 @@ from vlmserve.config import Settings
 from vlmserve.models.catalog import CATALOG, get_model
 from vlmserve.planner import gpus as gpus_module
 from vlmserve.planner.gpus import GPU_CATALOG, DetectedGPU, parse_gpu_spec
-from vlmserve.planner.planner import Overrides, Plan, Workload, plan_model
+from vlmserve.planner.plan import Overrides, Plan, Workload
+from vlmserve.planner.planner import plan_model
 
 ROWS = [(m.name, m.hardware) for m in CATALOG.values() if m.hardware is not None]
 

@@ -139,7 +139,8 @@ def test_each_vllm_setting_applies_once(vllm_mod: Any) -> None:
 
     from vlmserve.models.catalog import get_model
     from vlmserve.planner.gpus import gpus_to_plan_for
-    from vlmserve.planner.planner import Overrides, Workload, plan_model
+    from vlmserve.planner.plan import Overrides, Workload
+    from vlmserve.planner.planner import plan_model
 
     settings = Settings(max_num_seqs=8, load_format="dummy", gpu_memory_utilization=0.8)
     plan = plan_model(

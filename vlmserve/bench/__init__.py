@@ -1,0 +1,1 @@
+"""``vlmserve bench``: a benchmark client for OpenAI-compatible servers with images."""

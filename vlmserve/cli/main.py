@@ -1,8 +1,9 @@
 """The ``vlmserve`` console script: one entry point, one subcommand per job.
 
 Each subcommand lives in its own module, which exposes ``add_arguments(parser)`` and
-``run(args) -> int``; modules are imported only when their subcommand runs, so ``vlmserve plan``
-never pays for importing torch.
+``run(args) -> int``. Only the module of the subcommand named on the command line is imported
+(``vlmserve --help`` imports none), and the light subcommands (``models``, ``plan``) import
+neither torch nor transformers nor vLLM: a test keeps it so.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("vlmserve.cli.models", "List the model catalogue with sizes and suggested GPUs."),
     "plan": (
         "vlmserve.cli.plan",
-        "Size a catalogue model to a GPU: dtype, quantization, KV cache.",
+        "Size a model (catalogue name, folder or cached repo) to a GPU: dtype, quantization, "
+        "KV cache.",
     ),
     "full-config": (
         "vlmserve.models.full_config",
@@ -34,22 +36,31 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every subcommand's arguments."""
+def chosen_command(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names: its first argument that is not an option."""
+    first = next((arg for arg in argv if not arg.startswith("-")), None)
+    return first if first in COMMANDS else None
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The top-level parser; only the subcommand ``argv`` names gets its arguments (and import)."""
     parser = argparse.ArgumentParser(
         prog="vlmserve", description="Self-hosted vision-language model server."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    wanted = chosen_command(argv)
     for name, (module_name, help_text) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
-        importlib.import_module(module_name).add_arguments(sub_parser)
+        if name == wanted:
+            importlib.import_module(module_name).add_arguments(sub_parser)
         sub_parser.set_defaults(_module=module_name)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run the chosen subcommand."""
-    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    args = build_parser(arguments).parse_args(arguments)
     return int(importlib.import_module(args._module).run(args) or 0)
 
 

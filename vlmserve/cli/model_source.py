@@ -61,8 +61,14 @@ def repo_for(name: str, settings: Settings | None) -> tuple[str, CatalogModel | 
     return (quantized.repo if quantized else entry.repo), entry
 
 
-def resolve_model(name_or_path: str, settings: Settings | None = None) -> ResolvedModel:
-    """The local folder for a model folder, catalogue name or Hugging Face repo id."""
+def resolve_model(
+    name_or_path: str, settings: Settings | None = None, *, offline: bool | None = None
+) -> ResolvedModel:
+    """The local folder for a model folder, catalogue name or Hugging Face repo id.
+
+    ``offline=True`` looks in the cache only, whatever ``HF_HUB_OFFLINE`` says (``vlmserve
+    plan``); ``None`` follows ``HF_HUB_OFFLINE``.
+    """
     local = Path(name_or_path).expanduser()
     if local.is_dir():
         return ResolvedModel(local.resolve(), None, None)
@@ -75,13 +81,16 @@ def resolve_model(name_or_path: str, settings: Settings | None = None) -> Resolv
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    offline = hub_offline()
+    by_setting = offline is None
+    local_only = hub_offline() if offline is None else offline
     try:
-        path = snapshot_download(repo_id, cache_dir=hub_cache_dir(), local_files_only=offline)
+        path = snapshot_download(repo_id, cache_dir=hub_cache_dir(), local_files_only=local_only)
     except LocalEntryNotFoundError:
+        unset = ", or unset HF_HUB_OFFLINE" if by_setting else ""
+        reason = " and HF_HUB_OFFLINE is set" if by_setting else ""
         raise ModelNotFoundError(
-            f"{repo_id} is not in the Hugging Face cache at {hub_cache_dir()} and "
-            "HF_HUB_OFFLINE is set; fetch it on a connected machine with "
-            f"`huggingface-cli download {repo_id}` (same HF_HOME), or unset HF_HUB_OFFLINE"
+            f"{repo_id} is not in the Hugging Face cache at {hub_cache_dir()}{reason}; fetch it "
+            f"on a connected machine with `huggingface-cli download {repo_id}` (same HF_HOME)"
+            f"{unset}"
         ) from None
     return ResolvedModel(Path(str(path)), repo_id, entry)

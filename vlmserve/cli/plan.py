@@ -1,4 +1,10 @@
-"""``vlmserve plan --model NAME [--gpu SPEC] [--max-images N] [--json]``: size a model to GPUs."""
+"""``vlmserve plan --model MODEL [--gpu SPEC] [--max-images N] [--json]``: size a model to GPUs.
+
+``MODEL`` is a catalogue name, a checkpoint folder, or a Hugging Face repo id. A repo id the
+catalogue knows plans as that entry; any other folder or repo is read from its ``config.json``
+(:mod:`vlmserve.models.checkpoint`), a repo from the Hugging Face cache only: planning never
+downloads anything.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,10 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from vlmserve.models.catalog import CATALOG, get_model
+from vlmserve.models.catalog import CATALOG, CatalogModel, find_by_repo
 
 if TYPE_CHECKING:
-    from vlmserve.planner.planner import Plan
+    from vlmserve.planner.plan import Plan
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,9 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         required=True,
-        choices=sorted(CATALOG),
-        metavar="NAME",
-        help=f"Catalogue model: {', '.join(CATALOG)}.",
+        metavar="MODEL",
+        help=f"A catalogue model ({', '.join(CATALOG)}), a checkpoint folder, or a Hugging Face "
+        "repo id already in the Hugging Face cache.",
     )
     parser.add_argument(
         "--gpu",
@@ -40,11 +46,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the plan; exit 1 when it does not fit, 2 when there is no GPU to plan for."""
+    from vlmserve.cli.model_source import ModelNotFoundError
     from vlmserve.config import Settings
     from vlmserve.planner.gpus import gpus_to_plan_for
-    from vlmserve.planner.planner import Overrides, Workload, plan_model
+    from vlmserve.planner.plan import Overrides, Workload
+    from vlmserve.planner.planner import plan_model
 
     settings = Settings()
+    try:
+        model = model_to_plan(args.model)
+    except (ModelNotFoundError, ValueError) as exc:
+        print(f"vlmserve plan: {exc}", file=sys.stderr)
+        return 2
     spec = args.gpu or settings.gpu
     try:
         gpus = gpus_to_plan_for(spec)
@@ -59,12 +72,31 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     workload = Workload.from_settings(settings, args.max_images)
-    plan = plan_model(get_model(args.model), gpus, workload, Overrides.from_settings(settings))
+    plan = plan_model(model, gpus, workload, Overrides.from_settings(settings))
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
     else:
         print(format_plan(plan))
     return 0 if plan.fits else 1
+
+
+def model_to_plan(name: str) -> CatalogModel:
+    """The catalogue entry for a name or a known repo id, else the checkpoint's own numbers.
+
+    Raises :class:`~vlmserve.cli.model_source.ModelNotFoundError` for a folder that does not
+    exist or a repo that is not in the cache, ``ValueError`` for a checkpoint vlmserve cannot
+    size (an unknown architecture, a config without the numbers).
+    """
+    from vlmserve.cli.model_source import resolve_model
+    from vlmserve.models.checkpoint import checkpoint_model
+
+    entry = CATALOG.get(name) or find_by_repo(name)
+    if entry is not None:
+        return entry
+    resolved = resolve_model(name, offline=True)
+    if resolved.repo_id is None:
+        return checkpoint_model(resolved.path, resolved.path.name, str(resolved.path))
+    return checkpoint_model(resolved.path, resolved.repo_id, resolved.repo_id)
 
 
 def format_plan(plan: Plan) -> str:

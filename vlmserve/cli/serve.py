@@ -102,7 +102,8 @@ def plan_engine_args(settings: Settings, model: CatalogModel | None) -> dict[str
     """
     from vlmserve.cli.plan import format_plan
     from vlmserve.planner.gpus import gpus_to_plan_for
-    from vlmserve.planner.planner import Overrides, Workload, plan_model
+    from vlmserve.planner.plan import Overrides, Workload
+    from vlmserve.planner.planner import plan_model
 
     if model is None:
         logger.info("not a catalogue model: vLLM sizes it with its defaults and your overrides")

@@ -122,9 +122,9 @@ def write_tiny(out_dir: Path) -> Path:
     """InternVL2-1B's layout (Qwen2 language model) with tiny widths and random weights."""
     from transformers import InternVLForConditionalGeneration
 
-    from vlmserve.models.internvl2 import chat_template_for
     from vlmserve.models.internvl2_config import InternVLChatConfig
     from vlmserve.models.internvl2_convert import hf_config, to_original
+    from vlmserve.models.internvl2_template import chat_template_for
     from vlmserve.models.tiny import SEED, TINY_TEXT, TINY_VISION, train_tokenizer
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -178,7 +178,7 @@ def write_full(out_dir: Path, variant: str) -> Path:
     ``<|im_end|>`` (92542), ``<|im_start|>`` (92543) and InternVL's tokens (92544-92552) at their
     real ids, written as ``tokenizer.json`` so no ``tokenization_internlm2.py`` is needed.
     """
-    from vlmserve.models.internvl2 import chat_template_for
+    from vlmserve.models.internvl2_template import chat_template_for
     from vlmserve.models.tiny_vocab import padded_tokenizer
 
     if variant != "internvl2-8b":

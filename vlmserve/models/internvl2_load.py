@@ -61,7 +61,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def build_processor(path: Path, chat: InternVLChatConfig) -> InternVL2Processor:
     """Tokenizer (plain transformers classes only) plus a tiling image processor."""
-    from vlmserve.models.internvl2 import chat_template_for
+    from vlmserve.models.internvl2_template import chat_template_for
 
     tokenizer = AutoTokenizer.from_pretrained(
         path, trust_remote_code=False, extra_special_tokens=IMAGE_TOKENS

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from vlmserve.models.base import Detail, ModelFamily
-from vlmserve.models.phi3v_image import (
+from vlmserve.models.phi3v_spec import (
     DEFAULT_NUM_CROPS,
     hd_size,
     image_tokens,
@@ -19,37 +19,6 @@ from vlmserve.models.phi3v_image import (
 )
 
 LOW_DETAIL_CROPS = 1
-
-#: Numbers a language model is sized by, per checkpoint, from their public config.json files.
-PHI3_MINI = {
-    "hidden_size": 3072,
-    "intermediate_size": 8192,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "vocab_size": 32064,
-}
-
-_SPECIAL_IDS = {
-    32000: "<|endoftext|>",
-    32001: "<|assistant|>",
-    32006: "<|system|>",
-    32007: "<|end|>",
-    32010: "<|user|>",
-    32044: "<|image|>",
-}
-
-
-def special_tokens(vocab_size: int = PHI3_MINI["vocab_size"]) -> list[str]:
-    """Tokens 32000 .. ``vocab_size - 1`` of Phi-3's vocabulary; unnamed ones are placeholders."""
-    names, placeholder = [], 0
-    for token_id in range(32000, vocab_size):
-        if token_id in _SPECIAL_IDS:
-            names.append(_SPECIAL_IDS[token_id])
-        else:
-            placeholder += 1
-            names.append(f"<|placeholder{placeholder}|>")
-    return names
 
 
 def crops_for(detail: Detail) -> int:

@@ -12,8 +12,14 @@ from typing import Any
 
 import torch
 
-from vlmserve.models.phi3v import PHI3_MINI, special_tokens
-from vlmserve.models.phi3v_image import CLIP_MEAN, CLIP_STD, CROP_TOKENS, DEFAULT_NUM_CROPS
+from vlmserve.models.phi3v_spec import (
+    CLIP_MEAN,
+    CLIP_STD,
+    CROP_TOKENS,
+    DEFAULT_NUM_CROPS,
+    PHI3_MINI,
+    special_tokens,
+)
 
 # From microsoft/Phi-3-vision-128k-instruct's config.json ("su" rope, 48 factors = head_dim / 2).
 LONG_FACTOR = [

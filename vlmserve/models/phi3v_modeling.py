@@ -18,7 +18,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, Phi3Config, Phi3ForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from vlmserve.models.phi3v_image import CROP_SIZE
+from vlmserve.models.phi3v_spec import CROP_SIZE
 
 #: The id vLLM's Phi-3-V writes at image positions; Microsoft's tokenizer has ``<|image|>`` there.
 IMAGE_TOKEN_ID = 32044

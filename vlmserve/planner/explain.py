@@ -9,7 +9,7 @@ from vlmserve.planner.memory import context_for
 
 if TYPE_CHECKING:
     from vlmserve.models.catalog import CatalogModel
-    from vlmserve.planner.planner import Plan, Workload
+    from vlmserve.planner.plan import Plan, Workload
 
 _METHOD_WORDS = {
     "fp8": "fp8 weights (vLLM quantizes on load; about half the 16-bit size)",

@@ -1,0 +1,1 @@
+"""The image path: fetching image URLs safely and decoding images within limits."""

@@ -1,0 +1,1 @@
+"""Sizing a model to the GPUs: the memory model, the plan search and its explanation."""

@@ -16,7 +16,6 @@ import collections
 import logging
 import threading
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +30,10 @@ from vlmserve.engine.base import (
     FinishReason,
     PreparedRequest,
     RequestLimits,
-    Sampling,
     SamplingOptions,
-    TokenLogprob,
 )
 from vlmserve.engine.errors import EngineStopping, RequestRejected
 from vlmserve.engine.grammar import (
-    Constraint,
     Grammars,
     check_response_format,
     closing_window,
@@ -51,106 +47,12 @@ from vlmserve.engine.prepare import (
 )
 from vlmserve.engine.sampling import adjust_logits, new_generator, sample, token_logprob
 from vlmserve.engine.text import TextStream
+from vlmserve.engine.transformers_batch import Batch, Request, Sequence
 from vlmserve.logs import for_request
 from vlmserve.models.base import ModelFamily
 from vlmserve.models.families import family_for_checkpoint
 
 logger = logging.getLogger(__name__)
-
-KV = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass
-class _Request:
-    """A request inside the worker: its prepared inputs, its queue and its random generator."""
-
-    prepared: PreparedRequest
-    queue: asyncio.Queue[EngineOutput | BaseException]
-    loop: asyncio.AbstractEventLoop
-    generator: torch.Generator
-    #: The compiled ``response_format`` grammar, if the output is constrained.
-    grammar: Any = None
-
-    @property
-    def request_id(self) -> str:
-        return self.prepared.request_id
-
-    @property
-    def sampling(self) -> Sampling:
-        return self.prepared.sampling
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.prepared.prompt_tokens
-
-    @property
-    def prompt_ids(self) -> torch.Tensor:
-        ids: torch.Tensor = self.prepared.inputs["input_ids"]
-        return ids
-
-    def send(self, item: EngineOutput | BaseException) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-
-
-@dataclass
-class _Sequence:
-    """One choice of a request being decoded."""
-
-    owner: _Request
-    index: int
-    #: This sequence's own KV cache; stale while the sequence sits in a :class:`_Batch`.
-    kv: KV
-    next_token: int
-    text: TextStream
-    #: Tokens in the KV cache (the position of the next input token).
-    length: int
-    generated: list[int] = field(default_factory=list)
-    constraint: Constraint | None = None
-    #: The log probability of ``next_token``, when the request asked for logprobs.
-    logprob: TokenLogprob | None = None
-
-
-@dataclass
-class _Batch:
-    """The left-padded KV cache of the sequences decoded together, kept across steps.
-
-    While the same sequences run, each step appends to this cache in place; only when one joins
-    or leaves is it split back into per-sequence caches and packed anew.
-    """
-
-    seqs: list[_Sequence]
-    cache: Any
-    mask: torch.Tensor
-
-    def unpack(self) -> None:
-        """Give every member its own view of its rows (no copy)."""
-        width = self.mask.shape[1]
-        for row, seq in enumerate(self.seqs):
-            start = width - seq.length
-            seq.kv = [
-                (lay.keys[row : row + 1, :, start:], lay.values[row : row + 1, :, start:])
-                for lay in self.cache.layers
-            ]
-
-    @classmethod
-    def pack(cls, seqs: list[_Sequence], device: str) -> _Batch:
-        """Left-pad the members' caches into one batch (the one copy of the KV cache)."""
-        from transformers import DynamicCache
-
-        longest = max(s.length for s in seqs)
-        layers = []
-        for layer in range(len(seqs[0].kv)):
-            keys, values = seqs[0].kv[layer]
-            shape = (len(seqs), keys.shape[1], longest, keys.shape[3])
-            k_batch, v_batch = keys.new_zeros(shape), values.new_zeros(shape)
-            for row, seq in enumerate(seqs):
-                k_batch[row, :, longest - seq.length :] = seq.kv[layer][0][0]
-                v_batch[row, :, longest - seq.length :] = seq.kv[layer][1][0]
-            layers.append((k_batch, v_batch))
-        mask = torch.zeros(len(seqs), longest, dtype=torch.long, device=device)
-        for row, seq in enumerate(seqs):
-            mask[row, longest - seq.length :] = 1
-        return cls(list(seqs), DynamicCache(ddp_cache_data=layers), mask)
 
 
 class TransformersEngine(Engine):
@@ -177,9 +79,9 @@ class TransformersEngine(Engine):
         self._eos: tuple[int, ...] = ()
         self._grammars: Grammars | None = None
         self._max_len = 0
-        self._pending: collections.deque[_Request] = collections.deque()
-        self._running: list[_Sequence] = []
-        self._batch: _Batch | None = None
+        self._pending: collections.deque[Request] = collections.deque()
+        self._running: list[Sequence] = []
+        self._batch: Batch | None = None
         self._aborted: set[str] = set()
         self._lock = threading.Condition()
         self._stopping = False
@@ -234,7 +136,7 @@ class TransformersEngine(Engine):
         grammar = await asyncio.to_thread(
             self._grammars.compile, request.sampling.options.response_format
         )
-        item = _Request(
+        item = Request(
             request,
             asyncio.Queue(),
             asyncio.get_running_loop(),
@@ -292,7 +194,7 @@ class TransformersEngine(Engine):
             if self._running:
                 self._decode_step()
 
-    def _next_batch(self) -> list[_Request] | None:
+    def _next_batch(self) -> list[Request] | None:
         """Drop aborted work, then take the waiting requests that fit (None: shut down)."""
         with self._lock:
             while not self._stopping and not self._pending and not self._running:
@@ -313,7 +215,7 @@ class TransformersEngine(Engine):
                     s for s in self._running if s.owner.request_id not in self._aborted
                 ]
                 self._aborted.clear()
-            admitted: list[_Request] = []
+            admitted: list[Request] = []
             room = self.max_batch_size - len(self._running)
             while self._pending and (
                 room >= self._pending[0].sampling.options.n or not admitted and not self._running
@@ -323,7 +225,7 @@ class TransformersEngine(Engine):
                 admitted.append(item)
             return admitted
 
-    def _prefill(self, item: _Request) -> None:
+    def _prefill(self, item: Request) -> None:
         request_id = item.request_id
         logger.debug("prefill: %d prompt tokens", item.prompt_tokens, extra=for_request(request_id))
         try:
@@ -338,7 +240,7 @@ class TransformersEngine(Engine):
         sequences = []
         for index in range(sampling.options.n):
             text = TextStream(self.processor.tokenizer, sampling.options.stop)
-            seq = _Sequence(item, index, kv, -1, text, item.prompt_tokens)
+            seq = Sequence(item, index, kv, -1, text, item.prompt_tokens)
             if self._grammars is not None:
                 seq.constraint = self._grammars.constraint(item.grammar)
             seq.next_token = self._choose(seq, logits)
@@ -354,7 +256,7 @@ class TransformersEngine(Engine):
         if batch is None or [id(s) for s in batch.seqs] != [id(s) for s in seqs]:
             if batch is not None:
                 batch.unpack()
-            batch = self._batch = _Batch.pack(seqs, self.device)
+            batch = self._batch = Batch.pack(seqs, self.device)
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(seqs), 1)], dim=1)
         out = self.model(
             input_ids=torch.tensor([[s.next_token] for s in seqs], device=self.device),
@@ -369,7 +271,7 @@ class TransformersEngine(Engine):
             seq.next_token = self._choose(seq, out.logits[row, -1])
         self._advance_all(seqs)
 
-    def _choose(self, seq: _Sequence, raw: torch.Tensor) -> int:
+    def _choose(self, seq: Sequence, raw: torch.Tensor) -> int:
         """Sample a sequence's next token from its raw logits, within its grammar if any."""
         sampling = seq.owner.sampling
         logits = adjust_logits(raw, sampling, seq.generated, self._eos, seq.owner.prompt_ids)
@@ -391,9 +293,9 @@ class TransformersEngine(Engine):
     def _token_text(self, token_id: int) -> str:
         return str(self.processor.tokenizer.decode([token_id]))
 
-    def _advance_all(self, seqs: list[_Sequence]) -> None:
+    def _advance_all(self, seqs: list[Sequence]) -> None:
         """Emit each request's new tokens, then keep only unfinished sequences."""
-        by_owner: dict[int, list[_Sequence]] = {}
+        by_owner: dict[int, list[Sequence]] = {}
         for seq in seqs:
             by_owner.setdefault(id(seq.owner), []).append(seq)
         outputs = [
@@ -407,7 +309,7 @@ class TransformersEngine(Engine):
                 logger.debug("finished", extra=for_request(owner.request_id))
             owner.send(output)
 
-    def _advance(self, group: list[_Sequence], prompt_tokens: int) -> EngineOutput:
+    def _advance(self, group: list[Sequence], prompt_tokens: int) -> EngineOutput:
         """Commit each sequence's sampled token into the request's next output.
 
         A finished sequence gets ``next_token = -1``; otherwise ``next_token`` is the input of its
@@ -433,7 +335,7 @@ class TransformersEngine(Engine):
         return EngineOutput(prompt_tokens, deltas)
 
     @staticmethod
-    def _done(seq: _Sequence) -> bool:
+    def _done(seq: Sequence) -> bool:
         return seq.next_token == -1
 
 

@@ -25,7 +25,6 @@ from vlmserve.api.serving import (
     Generation,
     Tally,
     UsageSink,
-    gather_or_cancel,
     guarded,
     merged,
     sse,
@@ -38,6 +37,7 @@ from vlmserve.engine.base import (
     PreparedRequest,
     SamplingOptions,
 )
+from vlmserve.images.pipeline import gather_or_cancel
 
 COMPLETIONS_PATH = "/v1/completions"
 

@@ -215,16 +215,6 @@ async def merged(
             await stream.aclose()
 
 
-async def gather_or_cancel(coros: list[Any]) -> list[Any]:
-    """Run ``coros`` together; when one fails, cancel the others."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        return list(await asyncio.gather(*tasks))
-    finally:
-        for task in tasks:
-            task.cancel()
-
-
 def sse(payload: dict[str, Any], event: str | None = None) -> str:
     """One server-sent event (with an ``event:`` line when ``event`` is given)."""
     data = json.dumps(payload, separators=(",", ":"))

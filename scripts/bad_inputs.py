@@ -232,6 +232,12 @@ def _other_endpoints(model: str) -> list[tuple[str, str, Any]]:
     ]
 
 
+def _surrogate(model: str) -> bytes:
+    """Valid JSON whose string holds half of a UTF-16 pair: no tokenizer can encode it."""
+    body = json.dumps(_chat(model, messages=[{"role": "user", "content": "SURROGATE"}]))
+    return body.replace("SURROGATE", "hi \\ud804").encode()
+
+
 def corpus(model: str) -> list[Case]:
     """(name, method, path, headers, body) for every bad request."""
     cases: list[Case] = []
@@ -246,6 +252,7 @@ def corpus(model: str) -> list[Case]:
         cases.append((name, "POST", path, JSON, json.dumps(payload).encode()))
     cases += [
         ("invalid json", "POST", CHAT, JSON, b"{not json"),
+        ("lone surrogate in content", "POST", CHAT, JSON, _surrogate(model)),
         ("empty body", "POST", CHAT, JSON, b""),
         ("not utf-8", "POST", CHAT, JSON, b'{"model": "\xff\xfe"}'),
         ("form body", "POST", CHAT, {"content-type": "text/plain"}, b"model=x"),

@@ -49,9 +49,17 @@ def adjust_logits(
     return logits
 
 
+#: Below this temperature sampling is greedy (vLLM's ``_SAMPLING_EPS``).
+SAMPLING_EPS = 1e-5
+
+
 def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
-    """Pick one token: greedy at temperature 0, else temperature, top-k and nucleus (top-p)."""
-    if sampling.temperature == 0:
+    """Pick one token: greedy at temperature 0, else temperature, top-k and nucleus (top-p).
+
+    Temperatures below ``SAMPLING_EPS`` are greedy too, as in vLLM: dividing by them overflows
+    the logits to infinity, and the probabilities to NaN.
+    """
+    if sampling.temperature < SAMPLING_EPS:
         return int(torch.argmax(logits))
     if 0 < sampling.top_k < logits.shape[-1]:
         kth = torch.topk(logits, sampling.top_k).values[-1]

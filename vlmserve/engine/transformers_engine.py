@@ -32,7 +32,7 @@ from vlmserve.engine.base import (
     RequestLimits,
     SamplingOptions,
 )
-from vlmserve.engine.errors import EngineStopping, RequestRejected
+from vlmserve.engine.errors import EngineFailed, EngineStopping, RequestRejected
 from vlmserve.engine.grammar import (
     Grammars,
     check_response_format,
@@ -124,7 +124,16 @@ class TransformersEngine(Engine):
         check_image_count(len(request.images), self.limits)
         _refuse_unsupported(request.sampling)
         kwargs = shared_processor_kwargs(self.family, request.images)
-        inputs = await asyncio.to_thread(self._preprocess, request, kwargs)
+        try:
+            inputs = await asyncio.to_thread(self._preprocess, request, kwargs)
+        except (
+            TypeError,
+            UnicodeError,
+        ) as exc:  # text the tokenizer cannot encode (lone surrogates)
+            raise RequestRejected(
+                "The text of this request cannot be tokenized (is it valid Unicode?).",
+                param=request.input_param,
+            ) from exc
         ids = inputs["input_ids"][0]
         counts = image_token_counts(ids, self.processor.image_token_id, len(request.images))
         rendered = Rendered(int(ids.shape[0]), counts, inputs)
@@ -190,9 +199,26 @@ class TransformersEngine(Engine):
             if admitted is None:
                 return
             for item in admitted:
-                self._prefill(item)
+                try:
+                    self._prefill(item)
+                except Exception:  # one request's failure must not stop the worker
+                    logger.exception("prefill failed", extra=for_request(item.request_id))
+                    item.send(EngineFailed("The engine failed on this request."))
             if self._running:
-                self._decode_step()
+                try:
+                    self._decode_step()
+                except Exception:
+                    logger.exception("decode step failed; failing the running requests")
+                    self._fail_running()
+
+    def _fail_running(self) -> None:
+        """End every running request with an error (their caches may be inconsistent)."""
+        with self._lock:
+            owners = {id(s.owner): s.owner for s in self._running}
+            self._running = []
+            self._batch = None
+        for owner in owners.values():
+            owner.send(EngineFailed("The engine failed while generating."))
 
     def _next_batch(self) -> list[Request] | None:
         """Drop aborted work, then take the waiting requests that fit (None: shut down)."""

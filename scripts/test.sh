@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The shared-state tests run a real Redis server (Debian's package).
+command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ServerProcess, start_server, tiny_checkpoint
+from tests.helpers import ServerProcess, free_port, start_server, tiny_checkpoint
+from tests.redis_server import RedisServer
 
 FAMILIES = ("llava", "llava-next", "internvl", "phi3v", "internvl2")
 
@@ -51,3 +52,12 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
 def tiny_llava_dir(tiny_model) -> Path:  # type: ignore[no-untyped-def]
     """The tiny LLaVA-1.5 checkpoint (CLIP-336 geometry)."""
     return tiny_model("llava")
+
+
+@pytest.fixture()
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real, empty ``redis-server`` on a free loopback port, stopped after the test."""
+    server = RedisServer(free_port(), tmp_path / "redis.log")
+    server.start()
+    yield server
+    server.stop()

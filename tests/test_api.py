@@ -20,7 +20,12 @@ PROMPT = "What is in this image?"
 
 
 def client(server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+    # These tests are of the engine path: repeated deterministic requests must not be answered by
+    # the response cache (tests/test_response_cache.py tests that).
+    headers = {"Cache-Control": "no-cache"}
+    return openai.OpenAI(
+        base_url=server.base_url, api_key="unused", max_retries=0, default_headers=headers
+    )
 
 
 def user_message(*images: str, text: str = PROMPT) -> list[dict]:

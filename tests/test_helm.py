@@ -63,6 +63,11 @@ def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
 
 
+def model_objects(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """Objects of ``kind`` that belong to a model (the router's and Redis' have no model label)."""
+    return [d for d in of_kind(docs, kind) if "vlmserve/model" in d["metadata"]["labels"]]
+
+
 def env_of(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     return {e["name"]: e for e in container["env"]}
@@ -103,7 +108,7 @@ def test_rendered_objects_pass_kubernetes_strict_schemas(value_set: str) -> None
 def test_strict_validation_rejects_an_unknown_field() -> None:
     """The validator really checks: a misspelt field in a rendered Deployment is refused."""
     docs, _, _ = rendered("default")
-    deployment = json.loads(json.dumps(of_kind(docs, "Deployment")[0]))
+    deployment = json.loads(json.dumps(model_objects(docs, "Deployment")[0]))
     deployment["spec"]["template"]["spec"]["terminationGracePeriod"] = 60
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, KUBE_VERSIONS[-1], strict=True)
@@ -116,7 +121,7 @@ def test_strict_validation_rejects_an_unknown_field() -> None:
 def test_gpu_request_equals_tensor_parallel_size(value_set: str) -> None:
     docs, values, _ = rendered(value_set)
     models = {m["name"]: m for m in values["models"]}
-    for deployment in of_kind(docs, "Deployment"):
+    for deployment in model_objects(docs, "Deployment"):
         model = models[deployment["metadata"]["labels"]["vlmserve/model"]]
         resources = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
         env = env_of(deployment)
@@ -134,7 +139,7 @@ def test_gpu_request_equals_tensor_parallel_size(value_set: str) -> None:
 def test_shutdown_and_probe_timing(value_set: str) -> None:
     docs, values, _ = rendered(value_set)
     drain = values["shutdown"]["drainSeconds"]
-    for deployment in of_kind(docs, "Deployment"):
+    for deployment in model_objects(docs, "Deployment"):
         pod = deployment["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         assert env_of(deployment)["VLMSERVE_SHUTDOWN_GRACE_SECONDS"]["value"] == str(drain)
@@ -159,7 +164,7 @@ def test_shutdown_and_probe_timing(value_set: str) -> None:
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_pods_are_non_root_with_memory_backed_shm(value_set: str) -> None:
     docs, _, _ = rendered(value_set)
-    for deployment in of_kind(docs, "Deployment"):
+    for deployment in model_objects(docs, "Deployment"):
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] != 0
@@ -174,11 +179,11 @@ def test_pods_are_non_root_with_memory_backed_shm(value_set: str) -> None:
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_each_model_has_its_own_service_and_budget(value_set: str) -> None:
     docs, values, _ = rendered(value_set)
-    deployments = of_kind(docs, "Deployment")
+    deployments = model_objects(docs, "Deployment")
     assert len(deployments) == len(values["models"])
     pod_labels = [d["spec"]["template"]["metadata"]["labels"] for d in deployments]
     for kind in ("Service", "PodDisruptionBudget"):
-        objects = of_kind(docs, kind)
+        objects = model_objects(docs, kind)
         assert len(objects) == len(deployments)
         for obj in objects:
             selector = obj["spec"]["selector"]
@@ -193,7 +198,7 @@ def test_each_model_has_its_own_service_and_budget(value_set: str) -> None:
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_autoscaled_deployments_leave_replicas_to_the_scaler(value_set: str) -> None:
     docs, _, _ = rendered(value_set)
-    deployments = {d["metadata"]["name"]: d for d in of_kind(docs, "Deployment")}
+    deployments = {d["metadata"]["name"]: d for d in model_objects(docs, "Deployment")}
     scaled = [h["spec"]["scaleTargetRef"]["name"] for h in of_kind(docs, "HorizontalPodAutoscaler")]
     scaled += [s["spec"]["scaleTargetRef"]["name"] for s in of_kind(docs, "ScaledObject")]
     assert len(scaled) == len(set(scaled)), "a Deployment has two scalers"
@@ -206,7 +211,7 @@ def test_autoscaled_deployments_leave_replicas_to_the_scaler(value_set: str) -> 
 def test_custom_resources_point_at_rendered_objects(value_set: str) -> None:
     """ServiceMonitor and ScaledObject have no built-in schema: check their shape and references."""
     docs, values, _ = rendered(value_set)
-    services = of_kind(docs, "Service")
+    services = model_objects(docs, "Service")
     for monitor in of_kind(docs, "ServiceMonitor"):
         assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
         spec = monitor["spec"]
@@ -242,7 +247,9 @@ def test_custom_resources_point_at_rendered_objects(value_set: str) -> None:
 
 def test_two_models_render_side_by_side_with_their_own_settings() -> None:
     docs, _, _ = rendered("two-models-values.yaml")
-    by_model = {d["metadata"]["labels"]["vlmserve/model"]: d for d in of_kind(docs, "Deployment")}
+    by_model = {
+        d["metadata"]["labels"]["vlmserve/model"]: d for d in model_objects(docs, "Deployment")
+    }
     assert set(by_model) == {"phi3v", "llava34b"}
     small, large = env_of(by_model["phi3v"]), env_of(by_model["llava34b"])
     assert small["VLMSERVE_SERVED_MODEL_NAME"]["value"] == "phi-3-vision"
@@ -258,7 +265,7 @@ def test_two_models_render_side_by_side_with_their_own_settings() -> None:
 def test_numbers_reach_the_server_as_plain_decimals() -> None:
     """Helm reads numbers as floats; printed naively 20000000 becomes 2e+07, which int() refuses."""
     docs, _, _ = rendered("quantized-values.yaml")
-    env = env_of(of_kind(docs, "Deployment")[0])
+    env = env_of(model_objects(docs, "Deployment")[0])
     assert env["VLMSERVE_QUANTIZATION"]["value"] == "bitsandbytes"
     assert env["VLMSERVE_MAX_IMAGE_BYTES"]["value"] == "20000000"
     assert env["VLMSERVE_MAX_IMAGE_PIXELS"]["value"] == "40000000"
@@ -280,7 +287,7 @@ def test_numbers_reach_the_server_as_plain_decimals() -> None:
 def test_existing_secret_and_claim_are_used_not_created() -> None:
     docs, _, _ = rendered("existing-secret-and-claim-values.yaml")
     assert of_kind(docs, "Secret") == [] and of_kind(docs, "PersistentVolumeClaim") == []
-    (deployment,) = of_kind(docs, "Deployment")
+    (deployment,) = model_objects(docs, "Deployment")
     env = env_of(deployment)
     assert env["VLMSERVE_API_KEYS"]["valueFrom"]["secretKeyRef"] == {
         "name": "vlm-credentials",
@@ -298,7 +305,7 @@ def test_created_secret_holds_the_keys_and_rolls_the_pods() -> None:
     assert (
         secret["stringData"]["api-keys"] == "sk-team-a-0123456789abcdef,sk-team-b-fedcba9876543210"
     )
-    for deployment in of_kind(docs, "Deployment"):
+    for deployment in model_objects(docs, "Deployment"):
         annotations = deployment["spec"]["template"]["metadata"]["annotations"]
         assert re.fullmatch(r"[0-9a-f]{64}", annotations["checksum/auth"])
         ref = env_of(deployment)["VLMSERVE_API_KEYS"]["valueFrom"]["secretKeyRef"]
@@ -308,7 +315,7 @@ def test_created_secret_holds_the_keys_and_rolls_the_pods() -> None:
 def test_ingress_routes_each_host_to_its_model() -> None:
     docs, _, _ = rendered("ingress-autoscaling-monitoring-values.yaml")
     (ingress,) = of_kind(docs, "Ingress")
-    services = {s["metadata"]["name"]: s for s in of_kind(docs, "Service")}
+    services = {s["metadata"]["name"]: s for s in model_objects(docs, "Service")}
     routes = {}
     for rule in ingress["spec"]["rules"]:
         backend = rule["http"]["paths"][0]["backend"]["service"]
@@ -323,7 +330,7 @@ def test_ingress_routes_each_host_to_its_model() -> None:
 
 def test_cpu_model_requests_no_gpu_and_keeps_the_cache_in_memory_of_the_node() -> None:
     docs, _, _ = rendered("cpu-only-values.yaml")
-    (deployment,) = of_kind(docs, "Deployment")
+    (deployment,) = model_objects(docs, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     assert "tolerations" not in pod
     assert {"name": "cache", "emptyDir": {}} in pod["volumes"]
@@ -337,5 +344,57 @@ def test_notes_hold_a_python_snippet_that_compiles(value_set: str) -> None:
     compile(snippet, "NOTES.txt", "exec")
     first = values["models"][0]
     assert f'model="{first.get("servedModelName") or first["model"]}"' in snippet
-    service = of_kind(docs, "Service")[0]["metadata"]["name"]
+    service = model_objects(docs, "Service")[0]["metadata"]["name"]
     assert f"port-forward svc/{service} 8000:" in notes
+
+
+# -- router and shared state ---------------------------------------------------------------------
+
+
+def test_router_fronts_every_model_with_a_config_from_values() -> None:
+    docs, _, _ = rendered("router-redis-values.yaml")
+    (config_map,) = of_kind(docs, "ConfigMap")
+    config = yaml.safe_load(config_map["data"]["router.yaml"])
+    # The router's own loader accepts what the chart writes.
+    from vlmserve.router.config import RouterConfig
+
+    parsed = RouterConfig.model_validate(config)
+    bases = {b.model: b.api_base for b in parsed.backends}
+    services = {s["metadata"]["name"] for s in model_objects(docs, "Service")}
+    assert bases["llava-1.5-7b"] == f"http://{RELEASE}-vlmserve-llava:8000/v1"
+    assert bases["internvl2-8b"] == f"http://{RELEASE}-vlmserve-internvl2:8000/v1"
+    assert {f"{RELEASE}-vlmserve-llava", f"{RELEASE}-vlmserve-internvl2"} <= services
+    assert (
+        bases["gpt-4o-mini"] is None and parsed.backends[-1].api_key == "os.environ/OPENAI_API_KEY"
+    )
+    router = next(
+        d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-router")
+    )
+    (container,) = router["spec"]["template"]["spec"]["containers"]
+    assert container["command"][:2] == ["vlmserve", "route"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["OPENAI_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "hosted-api-keys"
+    assert env["VLMSERVE_REDIS_URL"]["value"] == f"redis://{RELEASE}-vlmserve-redis:6379/0"
+
+
+def test_redis_is_wired_into_every_model_pod() -> None:
+    docs, _, _ = rendered("router-redis-values.yaml")
+    url = f"redis://{RELEASE}-vlmserve-redis:6379/0"
+    for deployment in model_objects(docs, "Deployment"):
+        assert env_of(deployment)["VLMSERVE_REDIS_URL"]["value"] == url
+    redis = next(d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-redis"))
+    args = redis["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--maxmemory-policy") + 1] == "allkeys-lru"
+
+    docs, _, _ = rendered("existing-redis-values.yaml")
+    assert not [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-redis")]
+    for deployment in model_objects(docs, "Deployment"):
+        ref = env_of(deployment)["VLMSERVE_REDIS_URL"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "shared-redis", "key": "url"}
+    docs, _, _ = rendered("default")
+    assert all("VLMSERVE_REDIS_URL" not in env_of(d) for d in model_objects(docs, "Deployment"))
+
+
+def test_router_needs_a_tier_for_every_model() -> None:
+    with pytest.raises(Exception, match="router.models"):
+        render_raw({"router": {"enabled": True}})

@@ -17,7 +17,7 @@ from vlmserve.cli import plan as plan_cmd
 from vlmserve.config import Settings
 from vlmserve.models.catalog import CATALOG, get_model
 from vlmserve.planner import gpus as gpus_module
-from vlmserve.planner.gpus import GPU_CATALOG, DetectedGPU, parse_gpu_spec
+from vlmserve.planner.gpus import GPU_CATALOG, DetectedGPU, gpus_to_plan_for, parse_gpu_spec
 from vlmserve.planner.plan import Overrides, Plan, Workload
 from vlmserve.planner.planner import plan_model
 
@@ -278,6 +278,19 @@ def test_fewer_images_per_request_rather_than_a_refusal() -> None:
     assert any("Only 2 of the 8 images" in line for line in plan.explanation)
     roomy = plan_for("phi-3-vision", "A10G", max_images=8)
     assert roomy.images_per_prompt == 8
+
+
+def test_plans_turn_on_vllms_prefix_and_image_caches() -> None:
+    workload = Workload.from_settings(Settings())
+    sizes = {}
+    for name in ("llava-1.5-7b", "internvl2-8b"):
+        plan = plan_model(CATALOG[name], gpus_to_plan_for("A100-80GB"), workload, Overrides())
+        args = plan.engine_args()
+        assert args["enable_prefix_caching"] is True
+        assert 0.5 <= args["mm_processor_cache_gb"] <= 8
+        sizes[name] = args["mm_processor_cache_gb"]
+    # InternVL-2's tiles make its images several times larger than LLaVA-1.5's.
+    assert sizes["internvl2-8b"] >= sizes["llava-1.5-7b"]
 
 
 def test_every_planned_vllm_setting_is_an_override() -> None:

@@ -53,6 +53,8 @@ def ask(server: ServerProcess, text: str, **kwargs) -> openai.types.chat.ChatCom
         model=server.model,
         messages=[{"role": "user", "content": text}],
         extra_body={"ignore_eos": True},
+        # The engine must answer every time, not the response cache (repeats are deterministic).
+        extra_headers={"Cache-Control": "no-cache"},
         **kwargs,
     )
 

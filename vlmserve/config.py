@@ -230,6 +230,49 @@ class Settings(BaseSettings):
         description="vLLM weight loading: auto, or dummy for random weights when benchmarking.",
     )
 
+    # -- shared state and the response cache ------------------------------------------------------
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL (redis://[:password@]host:6379/0) for state shared across "
+        "replicas: rate-limit buckets and the response cache. Unset keeps both in memory, per "
+        "process. When Redis cannot be reached the server falls back to memory and logs a "
+        "warning.",
+    )
+    redis_timeout_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="Time limit for one Redis call; past it (or on any Redis error) the server "
+        "uses its in-memory state for redis_retry_seconds.",
+    )
+    redis_retry_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="After a Redis error, how long to use in-memory state before trying Redis "
+        "again.",
+    )
+    redis_key_prefix: str = Field(
+        default="vlmserve",
+        description="Prefix of every Redis key; deployments sharing one Redis but not their "
+        "budgets or caches need different prefixes.",
+    )
+    response_cache: bool = Field(
+        default=True,
+        description="Answer a repeated deterministic request (temperature 0 or a seed, n 1) "
+        "from the response cache; 'Cache-Control: no-cache' on a request skips the lookup.",
+    )
+    response_cache_max_entries: int = Field(
+        default=4096, ge=1, description="Most answers the in-memory response cache holds."
+    )
+    response_cache_max_bytes: int = Field(
+        default=64_000_000,
+        ge=1,
+        description="Most bytes of answers the in-memory response cache holds (in Redis, the "
+        "server's maxmemory policy bounds it).",
+    )
+    response_cache_ttl_seconds: float = Field(
+        default=3600.0, gt=0, description="How long a cached answer stays valid."
+    )
+
     def request_body_limit(self) -> int:
         """The request body limit: the setting, or the largest allowed image set in base64."""
         if self.max_request_body_bytes is not None:

@@ -95,6 +95,16 @@ class TokenBucket:
         self.level -= amount
 
 
+def rate_limit_error(waits: list[tuple[str, float]]) -> RateLimitError:
+    """The 429 for the longest of ``(limit kind, seconds to wait)``."""
+    kind, wait = max(waits, key=lambda item: item[1])
+    return RateLimitError(
+        f"Rate limit reached for {kind} per minute on this API key; retry in "
+        f"{max(1, round(wait))} s.",
+        retry_after=wait,
+    )
+
+
 class RateLimiter:
     """Per-caller request and token budgets; either limit may be unset."""
 
@@ -123,12 +133,7 @@ class RateLimiter:
             waits.append(("tokens", tokens.wait_for(1)))
         over = [(kind, wait) for kind, wait in waits if wait > 0]
         if over:
-            kind, wait = max(over, key=lambda item: item[1])
-            raise RateLimitError(
-                f"Rate limit reached for {kind} per minute on this API key; retry in "
-                f"{max(1, round(wait))} s.",
-                retry_after=wait,
-            )
+            raise rate_limit_error(over)
         if requests is not None:
             requests.take(1)
 

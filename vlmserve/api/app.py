@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vlmserve.api.access import KeyChecker, RateLimiter, load_api_keys
 from vlmserve.api.admission import Admission, AdmissionMiddleware
 from vlmserve.api.body_limit import BodyLimitMiddleware
-from vlmserve.api.chat import CHAT_PATH, ChatHandler
+from vlmserve.api.chat import CHAT_PATH, ChatHandler, ChatJob
 from vlmserve.api.completions import COMPLETIONS_PATH, CompletionHandler
 from vlmserve.api.errors import OverloadedError, error_response, install_error_handlers
 from vlmserve.api.metrics import Metrics
@@ -40,9 +40,12 @@ from vlmserve.api.protocol_responses import Response as ResponseObject
 from vlmserve.api.protocol_responses import ResponsesRequest
 from vlmserve.api.responses import RESPONSES_PATH, ResponsesHandler
 from vlmserve.api.serving import deadline_scope
+from vlmserve.cache.lookup import ResponseCache, engine_request_key
 from vlmserve.config import Settings
 from vlmserve.engine.base import Engine
 from vlmserve.logs import request_id_var
+from vlmserve.state.limits import SharedRateLimiter
+from vlmserve.state.link import RedisLink
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +91,13 @@ class ServerState:
         self.created = now()
         self.admission = Admission(settings.max_queued_requests)
         self.keys = KeyChecker(load_api_keys(settings))
-        self.limiter = RateLimiter(
-            settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute
+        self.link = RedisLink.from_settings(settings)
+        self.cache = ResponseCache(settings, self.link, self.metrics.registry)
+        self.limiter = SharedRateLimiter(
+            RateLimiter(
+                settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute
+            ),
+            self.link,
         )
         #: Called when the model cannot be loaded (the CLI stops the server).
         self.on_fatal: Callable[[BaseException], None] = lambda exc: None
@@ -165,8 +173,8 @@ class EventStreamResponse(StreamingResponse):
     the engine request at once when the client goes away mid-stream.
     """
 
-    def __init__(self, events: AsyncIterator[str]) -> None:
-        super().__init__(events, media_type="text/event-stream")
+    def __init__(self, events: AsyncIterator[str], headers: dict[str, str] | None = None) -> None:
+        super().__init__(events, media_type="text/event-stream", headers=headers)
         self._events = events
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -185,9 +193,9 @@ def _caller(request: Request, credentials: Credentials) -> str:
 Caller = Annotated[str, Depends(_caller)]
 
 
-def _admitted_caller(request: Request, who: Caller) -> str:
+async def _admitted_caller(request: Request, who: Caller) -> str:
     """The caller, once its rate limits admit one more request (else 429)."""
-    request.app.state.vlm.limiter.admit(who)
+    await request.app.state.vlm.limiter.admit(who)
     return who
 
 
@@ -222,6 +230,9 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
         loader.cancel()
         state.ready = False
         await engine.shutdown()
+        await state.limiter.settle()
+        if state.link is not None:
+            await state.link.close()
 
     app = FastAPI(title="vlmserve", version="0.1.0", lifespan=lifespan)
     app.state.vlm = state
@@ -236,12 +247,21 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
             raise problem
         return state
 
-    async def serve(handler: Handler, body: Any, stream: bool, request: Request, who: str) -> Any:
+    async def serve(
+        handler: Handler,
+        body: Any,
+        stream: bool,
+        request: Request,
+        who: str,
+        cacheable: bool = False,
+    ) -> Any:
         """validate -> prepare -> collect or stream, the same for every generation endpoint."""
         deadline = asyncio.get_running_loop().time() + settings.request_timeout_seconds
         charge = functools.partial(state.limiter.charge, who)
         async with deadline_scope(deadline):
             job = await handler.prepare(body, request_id_var.get())
+        if cacheable:
+            return await serve_cached(handler, job, stream, request, deadline, charge)
         if stream:
             events = await with_cancellation(request, handler.open_stream(job, deadline, charge))
             if isinstance(events, Response):
@@ -249,11 +269,37 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
             return EventStreamResponse(events)
         return await with_cancellation(request, handler.complete(job, deadline, charge))
 
+    async def serve_cached(
+        handler: Handler,
+        job: ChatJob,
+        stream: bool,
+        request: Request,
+        deadline: float,
+        charge: Callable[[int], None],
+    ) -> Any:
+        """A chat answer from the response cache, or made and recorded there as it goes."""
+        key = engine_request_key(model_id, job.prepared)
+        cached = await state.cache.lookup(key, request.headers.get("cache-control"))
+        wants_usage = job.include_usage
+        if cached.answer is not None:
+            return cached.replay(stream, wants_usage)
+        if stream:
+            job.include_usage = True  # the cache stores usage; record_stream drops it unless asked
+            events = await with_cancellation(request, handler.open_stream(job, deadline, charge))
+            if isinstance(events, Response):
+                return events
+            return EventStreamResponse(cached.record_stream(events, wants_usage), cached.headers)
+        result = await with_cancellation(request, handler.complete(job, deadline, charge))
+        if isinstance(result, ChatCompletion):
+            await cached.record(result.model_dump())
+            return JSONResponse(result.model_dump(), headers=cached.headers)
+        return result
+
     @app.post(CHAT_PATH, response_model=ChatCompletion, responses=_ERRORS)
     async def chat_completions(
         body: ChatCompletionRequest, request: Request, who: AdmittedCaller
     ) -> Any:
-        return await serve(ready_state().chat, body, body.stream, request, who)
+        return await serve(ready_state().chat, body, body.stream, request, who, cacheable=True)
 
     @app.post(COMPLETIONS_PATH, response_model=Completion, responses=_ERRORS)
     async def completions(body: CompletionRequest, request: Request, who: AdmittedCaller) -> Any:

@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "vlmserve.models.full_config",
         "Write a full-size model folder without weights (for load_format=dummy benchmarks).",
     ),
+    "route": (
+        "vlmserve.cli.route",
+        "Route requests across several model backends (LiteLLM's Router), with auto tiers.",
+    ),
     "bench": (
         "vlmserve.bench.cli",
         "Benchmark OpenAI-compatible servers with images: throughput, latency, cost per 1K images.",

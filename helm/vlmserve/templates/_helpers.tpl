@@ -92,3 +92,30 @@ printing 20000000 gives "2e+07", which the server cannot parse as an int; JSON k
 {{- define "vlmserve.claimName" -}}
 {{- default (printf "%s-cache" (include "vlmserve.fullname" .)) .Values.cache.existingClaim }}
 {{- end }}
+
+{{/* The in-chart Redis' Service name. */}}
+{{- define "vlmserve.redisName" -}}
+{{- printf "%s-redis" (include "vlmserve.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The router's object names. */}}
+{{- define "vlmserve.routerName" -}}
+{{- printf "%s-router" (include "vlmserve.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+VLMSERVE_REDIS_URL for the model and router pods: the in-chart Redis, or an existing one whose URL
+(it may hold a password) is read from a Secret. Called with the root context; nothing when neither.
+*/}}
+{{- define "vlmserve.redisEnv" -}}
+{{- if .Values.redis.enabled }}
+- name: VLMSERVE_REDIS_URL
+  value: {{ printf "redis://%s:6379/0" (include "vlmserve.redisName" .) | quote }}
+{{- else if .Values.redis.existingSecret }}
+- name: VLMSERVE_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.existingSecret }}
+      key: {{ .Values.redis.existingSecretKey }}
+{{- end }}
+{{- end }}

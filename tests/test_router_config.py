@@ -1,0 +1,127 @@
+"""The router's config file and ``auto``'s choice of tier, without servers."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+
+from vlmserve.router import auto
+from vlmserve.router.config import Price, RouterConfig
+
+CONFIG = """
+tiers: [cheap, capable, top]
+backends:
+  - model: gpt-4o-mini
+    tier: top
+    litellm_model: openai/gpt-4o-mini
+    api_key: os.environ/TEST_ROUTER_KEY
+    price: {per_1m_input_tokens: 0.15, per_1m_output_tokens: 0.6}
+  - model: internvl2
+    tier: capable
+    api_base: http://internvl2:8000/v1
+    price: {per_1k_images: 0.9}
+  - model: llava-b
+    tier: cheap
+    api_base: http://llava-b:8000/v1
+    price: {per_1k_images: 0.5}
+  - model: llava
+    tier: cheap
+    api_base: http://llava-0:8000/v1
+    replicas: [http://llava-1:8000/v1]
+    price: {per_1k_images: 0.2}
+auto:
+  - {tier: capable, keywords: [chart, table, invoice]}
+  - {tier: capable, response_format: true}
+  - {tier: capable, min_images: 3}
+  - {tier: capable, min_image_pixels: 1000000}
+  - {tier: top, min_prompt_chars: 5000}
+"""
+
+
+@pytest.fixture()
+def config(tmp_path: Path) -> RouterConfig:
+    path = tmp_path / "router.yaml"
+    path.write_text(CONFIG)
+    return RouterConfig.load(path)
+
+
+def png_url(width: int, height: int) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height)).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def request(text: str, *images: str, **extra: object) -> dict:
+    parts: list[dict] = [{"type": "text", "text": text}]
+    parts += [{"type": "image_url", "image_url": {"url": url}} for url in images]
+    return {"model": "auto", "messages": [{"role": "user", "content": parts}], **extra}
+
+
+def test_fallbacks_stay_in_the_tier_by_price_then_climb(config: RouterConfig) -> None:
+    llava = config.backend("llava")
+    assert llava is not None and llava.api_bases == [
+        "http://llava-0:8000/v1",
+        "http://llava-1:8000/v1",
+    ]
+    assert config.fallbacks(llava) == ["llava-b", "internvl2", "gpt-4o-mini"]
+    internvl2 = config.backend("internvl2")
+    assert internvl2 is not None and config.fallbacks(internvl2) == ["gpt-4o-mini"]
+
+
+@pytest.mark.parametrize(
+    ("body", "model"),
+    [
+        (request("Caption this photo.", png_url(64, 64)), "llava"),
+        (request("What does this CHART show?", png_url(64, 64)), "internvl2"),
+        (
+            request("Caption.", png_url(64, 64), response_format={"type": "json_object"}),
+            "internvl2",
+        ),
+        (request("Caption.", png_url(64, 64), response_format={"type": "text"}), "llava"),
+        (request("Compare.", *[png_url(8, 8)] * 3), "internvl2"),
+        (request("Caption.", png_url(1200, 900)), "internvl2"),
+        (request("x" * 6000, png_url(8, 8)), "gpt-4o-mini"),
+        (request("A tablet on a desk.", png_url(8, 8)), "llava"),  # 'table' as a word only
+    ],
+)
+def test_auto_picks_the_cheapest_tier_that_suits(
+    config: RouterConfig, body: dict, model: str
+) -> None:
+    assert auto.choose(config, body).model == model
+
+
+def test_api_keys_come_from_the_environment(
+    config: RouterConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hosted = config.backend("gpt-4o-mini")
+    assert hosted is not None
+    monkeypatch.delenv("TEST_ROUTER_KEY", raising=False)
+    with pytest.raises(ValueError, match="TEST_ROUTER_KEY"):
+        hosted.resolved_api_key()
+    monkeypatch.setenv("TEST_ROUTER_KEY", "sk-hosted")
+    assert hosted.resolved_api_key() == "sk-hosted"
+
+
+def test_config_mistakes_are_refused(tmp_path: Path) -> None:
+    for text in (
+        CONFIG.replace("tier: capable\n    api_base", "tier: gold\n    api_base"),
+        CONFIG.replace("model: llava-b", "model: llava"),
+        CONFIG.replace("model: llava-b", "model: auto"),
+        CONFIG.replace("price: {per_1k_images: 0.9}", "price: {per_image: 0.9}"),
+    ):
+        path = tmp_path / "bad.yaml"
+        path.write_text(text)
+        with pytest.raises(ValidationError):
+            RouterConfig.load(path)
+
+
+def test_price_of_a_request() -> None:
+    price = Price(per_1k_images=2.0, per_1m_input_tokens=1.0, per_1m_output_tokens=4.0)
+    assert price.cost(images=2, prompt_tokens=1000, completion_tokens=500) == pytest.approx(
+        0.004 + 0.001 + 0.002
+    )

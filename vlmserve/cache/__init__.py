@@ -1,0 +1,1 @@
+"""The response cache: repeated deterministic requests answered without running the model."""

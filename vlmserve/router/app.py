@@ -1,0 +1,205 @@
+"""The router's HTTP app: OpenAI's chat endpoint in front of the backends, plus models, health
+and metrics.
+
+Requests name a backend model, or ``auto`` (the config's rules choose). The answer's ``model``
+field and ``X-Vlmserve-Backend`` / ``X-Vlmserve-Tier`` headers say which backend answered, after
+any fallback. Deterministic requests go through the same response cache as vlmserve's server,
+keyed here by the request as sent (model included) and the decoded images.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, generate_latest
+
+from vlmserve.api.app import EventStreamResponse
+from vlmserve.api.errors import APIError, BadRequestError, NotFoundError, install_error_handlers
+from vlmserve.api.protocol import ModelCard, ModelList, now
+from vlmserve.cache.answer import sse
+from vlmserve.cache.keys import image_digest, is_deterministic, request_key
+from vlmserve.cache.lookup import ResponseCache
+from vlmserve.config import Settings
+from vlmserve.images.decode import ImageLimits
+from vlmserve.images.fetch import MediaFetcher, MediaPolicy
+from vlmserve.images.pipeline import ImagePipeline, ImageRef
+from vlmserve.router import auto
+from vlmserve.router.backends import Backends
+from vlmserve.router.config import Backend, RouterConfig
+from vlmserve.router.stats import RouterStats
+from vlmserve.state.link import RedisLink
+
+logger = logging.getLogger(__name__)
+
+AUTO = "auto"
+#: Fields that change how an answer is delivered, not what it is: left out of cache keys.
+_DELIVERY = {"stream", "stream_options", "user"}
+
+
+class RouterState:
+    """What the routes share."""
+
+    def __init__(self, settings: Settings, config: RouterConfig) -> None:
+        self.settings = settings
+        self.config = config
+        self.backends = Backends(config)
+        self.registry = CollectorRegistry()
+        self.stats = RouterStats(config, self.registry)
+        self.link = RedisLink.from_settings(settings)
+        self.cache = ResponseCache(settings, self.link, self.registry, "vlmserve_router")
+        # No model family here: images are only decoded to be hashed for cache keys.
+        self.images = ImagePipeline(
+            ImageLimits.from_settings(settings),
+            MediaFetcher(MediaPolicy.from_settings(settings)),
+            None,
+        )
+        self.created = now()
+
+    def backend_for(self, body: dict[str, Any]) -> Backend:
+        """The backend a request names, or the one ``auto`` chooses (404 for an unknown name)."""
+        name = body.get("model")
+        if name == AUTO:
+            return auto.choose(self.config, body)
+        backend = self.config.backend(str(name))
+        if backend is None:
+            known = ", ".join([AUTO, *(b.model for b in self.config.backends)])
+            raise NotFoundError(
+                f"The model '{name}' does not exist; this router serves {known}.",
+                param="model",
+                code="model_not_found",
+            )
+        return backend
+
+    async def cache_key(self, body: dict[str, Any]) -> str | None:
+        """The request's cache key; None when it is not deterministic or an image will not load."""
+        if body.get("logprobs") or not is_deterministic(
+            body.get("temperature"), body.get("seed"), body.get("n")
+        ):
+            return None
+        canonical = {k: v for k, v in body.items() if k not in _DELIVERY}
+        urls = [
+            str((part.get("image_url") or {}).get("url", ""))
+            for message in body["messages"]
+            if isinstance(message, dict) and isinstance(message.get("content"), list)
+            for part in message["content"]
+            if isinstance(part, dict) and part.get("type") == "image_url"
+        ]
+        try:
+            images = await self.images.load([ImageRef(u, "auto", "image_url") for u in urls])
+        except APIError:
+            return None  # the backend will say what is wrong with the image
+        digests = [image_digest(image) for image in images]
+        canonical["messages"] = _without_image_urls(canonical.get("messages") or [])
+        return request_key("router", canonical, digests)
+
+
+def _without_image_urls(messages: list[Any]) -> list[Any]:
+    """Messages with each image URL blanked (the images enter the key by their digest)."""
+    out = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            content = [
+                {**p, "image_url": {**(p.get("image_url") or {}), "url": None}}
+                if isinstance(p, dict) and p.get("type") == "image_url"
+                else p
+                for p in content
+            ]
+            message = {**message, "content": content}
+        out.append(message)
+    return out
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    """The JSON body, with at least a model and a list of messages (else a 400)."""
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        raise BadRequestError("The body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        raise BadRequestError("'model' is required.", param="model", code="invalid_value")
+    if not isinstance(body.get("messages"), list) or not body["messages"]:
+        raise BadRequestError("'messages' must be a non-empty list.", param="messages")
+    return body
+
+
+async def _events(
+    state: RouterState, stream: Any, backend: Backend, images: int
+) -> AsyncIterator[str]:
+    """A LiteLLM stream as OpenAI server-sent events, with the answering backend as ``model``."""
+    usage = None
+    try:
+        async for chunk in stream:
+            data = chunk.model_dump(exclude_none=True)
+            data["model"] = backend.model
+            usage = data.get("usage") or usage
+            yield sse(data)
+        state.stats.answered(backend, images, usage)
+    except Exception as exc:  # a backend that dies mid-stream: the error event, then [DONE]
+        logger.warning("stream from %s broke: %s", backend.model, exc)
+        state.stats.failed(backend)
+        yield sse(APIError("The backend failed while streaming.").body())
+    yield "data: [DONE]\n\n"
+
+
+def create_router_app(settings: Settings, config: RouterConfig) -> FastAPI:
+    """The router's application."""
+    state = RouterState(settings, config)
+    app = FastAPI(title="vlmserve router", version="0.1.0")
+    app.state.router = state
+    install_error_handlers(app)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        body = await _body(request)
+        backend = state.backend_for(body)
+        images = auto.features(body).images
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        cached = await state.cache.lookup(
+            await state.cache_key(body), request.headers.get("cache-control")
+        )
+        if cached.answer is not None:
+            served = {"X-Vlmserve-Backend": cached.answer.model}
+            return cached.replay(bool(body.get("stream")), include_usage, served)
+        try:
+            answered, response = await state.backends.chat(backend, body)
+        except APIError:
+            state.stats.failed(backend)
+            raise
+        headers = {
+            **cached.headers,
+            "X-Vlmserve-Backend": answered.model,
+            "X-Vlmserve-Tier": answered.tier,
+        }
+        if body.get("stream"):
+            events = _events(state, response, answered, images)
+            return EventStreamResponse(cached.record_stream(events, include_usage), headers)
+        data = response.model_dump(exclude_none=True)
+        data["model"] = answered.model
+        state.stats.answered(answered, images, data.get("usage"))
+        await cached.record(data)
+        return JSONResponse(data, headers=headers)
+
+    @app.get("/v1/models")
+    async def list_models() -> ModelList:
+        names = [AUTO, *(b.model for b in config.by_cost())]
+        return ModelList(data=[ModelCard(id=n, created=state.created) for n in names])
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        report = state.stats.health(state.backends.cooling_down(), state.backends.by_deployment)
+        up = any(b["state"] != "cooling_down" for b in report["backends"])
+        return JSONResponse(
+            {"status": "ok" if up else "unavailable", **report}, status_code=200 if up else 503
+        )
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(state.registry), media_type="text/plain; version=0.0.4")
+
+    return app

@@ -8,11 +8,11 @@ even though the weights are random, so the assertions here hold for any weights.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 
 import httpx
 import instructor
-import litellm
 import openai
 import pytest
 from langchain_openai import ChatOpenAI
@@ -129,6 +129,10 @@ def test_langchain_with_structured_output(server: ServerProcess) -> None:
 
 
 def test_litellm_completion_with_response_format(server: ServerProcess) -> None:
+    # Offline: LiteLLM reads its bundled model cost map instead of fetching one on import.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
     reply = litellm.completion(
         model=f"openai/{server.model}",
         api_base=server.base_url,

@@ -20,6 +20,8 @@ from PIL import Image
 Case = tuple[str, str, str, dict[str, str], bytes | None]
 JSON = {"content-type": "application/json"}
 CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+RESPONSES = "/v1/responses"
 
 
 def _data_url(data: bytes, mime: str = "image/png") -> str:
@@ -90,13 +92,154 @@ def _bodies(model: str) -> dict[str, Any]:
         "temperature 5": _chat(model, temperature=5),
         "top_p 0": _chat(model, top_p=0),
         "n 1000": _chat(model, n=1000),
-        "logprobs (transformers engine)": _chat(model, logprobs=True),
-        "json response_format (transformers engine)": _chat(
-            model, response_format={"type": "json_object"}
-        ),
+        "top_logprobs without logprobs": _chat(model, top_logprobs=2),
+        "top_logprobs 50": _chat(model, logprobs=True, top_logprobs=50),
         "stop a number": _chat(model, stop=5),
         "stream a string": _chat(model, stream="yes"),
+        "unknown field": _chat(model, logit_bias={"1": 5}),
+        **_structured(model),
+        **_tools(model),
     }
+
+
+def _schema_format(schema: Any) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+
+
+def _structured(model: str) -> dict[str, Any]:
+    """Malformed ``response_format`` values."""
+    return {
+        "response_format unknown type": _chat(model, response_format={"type": "xml"}),
+        "json_schema without a schema": _chat(
+            model, response_format={"type": "json_schema", "json_schema": {"name": "x"}}
+        ),
+        "json_schema a string": _chat(model, response_format=_schema_format("object")),
+        "json_schema unknown type": _chat(model, response_format=_schema_format({"type": "o"})),
+        "json_schema dangling $ref": _chat(
+            model,
+            response_format=_schema_format(
+                {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}
+            ),
+        ),
+        "json_schema bad name": _chat(
+            model,
+            response_format={"type": "json_schema", "json_schema": {"name": "a b", "schema": {}}},
+        ),
+        "json_schema with ignore_eos": _chat(
+            model, response_format={"type": "json_object"}, ignore_eos=True
+        ),
+    }
+
+
+def _tool(name: str = "f", parameters: Any = None) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": name}
+    if parameters is not None:
+        function["parameters"] = parameters
+    return {"type": "function", "function": function}
+
+
+def _tools(model: str) -> dict[str, Any]:
+    """Malformed tools, tool choices and tool messages."""
+    named = {"type": "function", "function": {"name": "g"}}
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    bad_call = {**call, "function": {"name": "f", "arguments": "{not json"}}
+    user = {"role": "user", "content": "Hi"}
+    return {
+        "tool of unknown type": _chat(model, tools=[{"type": "retrieval"}]),
+        "tool without a name": _chat(model, tools=[{"type": "function", "function": {}}]),
+        "tool name with spaces": _chat(model, tools=[_tool("get weather")]),
+        "tool parameters not a schema": _chat(model, tools=[_tool(parameters={"type": "x"})]),
+        "two tools of one name": _chat(model, tools=[_tool(), _tool()]),
+        "tool_choice without tools": _chat(model, tool_choice="required"),
+        "tool_choice naming a missing tool": _chat(model, tools=[_tool()], tool_choice=named),
+        "tool_choice unknown word": _chat(model, tools=[_tool()], tool_choice="always"),
+        "forced tool and response_format": _chat(
+            model,
+            tools=[_tool()],
+            tool_choice="required",
+            response_format={"type": "json_object"},
+        ),
+        "tool message without tool_call_id": _chat(
+            model, messages=[user, {"role": "tool", "content": "42"}]
+        ),
+        "tool message answering no call": _chat(
+            model, messages=[user, {"role": "tool", "tool_call_id": "call_9", "content": "42"}]
+        ),
+        "tool call arguments not json": _chat(
+            model, messages=[user, {"role": "assistant", "tool_calls": [bad_call]}]
+        ),
+        "tool_calls on a user message": _chat(
+            model, messages=[{"role": "user", "content": "Hi", "tool_calls": [call]}]
+        ),
+        "tool call without an id": _chat(
+            model,
+            messages=[user, {"role": "assistant", "tool_calls": [{"function": call["function"]}]}],
+        ),
+    }
+
+
+def _other_endpoints(model: str) -> list[tuple[str, str, Any]]:
+    """(name, path, body) for bad completions and responses requests."""
+    image = {"type": "input_image", "image_url": "data:image/png;base64,@@@@"}
+    return [
+        ("completions: no prompt", COMPLETIONS, {"model": model}),
+        ("completions: empty prompt", COMPLETIONS, {"model": model, "prompt": ""}),
+        ("completions: token-id prompt", COMPLETIONS, {"model": model, "prompt": [1, 2]}),
+        ("completions: logprobs 9", COMPLETIONS, {"model": model, "prompt": "x", "logprobs": 9}),
+        (
+            "completions: echo with logprobs",
+            COMPLETIONS,
+            {"model": model, "prompt": "x", "echo": True, "logprobs": 1},
+        ),
+        ("completions: suffix", COMPLETIONS, {"model": model, "prompt": "x", "suffix": "y"}),
+        ("completions: best_of 3", COMPLETIONS, {"model": model, "prompt": "x", "best_of": 3}),
+        ("responses: no input", RESPONSES, {"model": model}),
+        ("responses: empty input list", RESPONSES, {"model": model, "input": []}),
+        ("responses: store", RESPONSES, {"model": model, "input": "x", "store": True}),
+        (
+            "responses: previous_response_id",
+            RESPONSES,
+            {"model": model, "input": "x", "previous_response_id": "resp_1"},
+        ),
+        (
+            "responses: bad image",
+            RESPONSES,
+            {"model": model, "input": [{"role": "user", "content": [image]}]},
+        ),
+        (
+            "responses: json_schema without schema",
+            RESPONSES,
+            {
+                "model": model,
+                "input": "x",
+                "text": {"format": {"type": "json_schema", "name": "x"}},
+            },
+        ),
+        (
+            "responses: unknown tool type",
+            RESPONSES,
+            {"model": model, "input": "x", "tools": [{"type": "web_search"}]},
+        ),
+        (
+            "responses: function output for no call",
+            RESPONSES,
+            {
+                "model": model,
+                "input": [{"type": "function_call_output", "call_id": "c", "output": "1"}],
+            },
+        ),
+        (
+            "responses: reasoning",
+            RESPONSES,
+            {"model": model, "input": "x", "reasoning": {"effort": "low"}},
+        ),
+    ]
+
+
+def _surrogate(model: str) -> bytes:
+    """Valid JSON whose string holds half of a UTF-16 pair: no tokenizer can encode it."""
+    body = json.dumps(_chat(model, messages=[{"role": "user", "content": "SURROGATE"}]))
+    return body.replace("SURROGATE", "hi \\ud804").encode()
 
 
 def corpus(model: str) -> list[Case]:
@@ -109,14 +252,18 @@ def corpus(model: str) -> list[Case]:
         cases.append((f"image: {name}", "POST", CHAT, JSON, json.dumps(body).encode()))
     for name, payload in _bodies(model).items():
         cases.append((f"body: {name}", "POST", CHAT, JSON, json.dumps(payload).encode()))
+    for name, path, payload in _other_endpoints(model):
+        cases.append((name, "POST", path, JSON, json.dumps(payload).encode()))
     cases += [
         ("invalid json", "POST", CHAT, JSON, b"{not json"),
+        ("lone surrogate in content", "POST", CHAT, JSON, _surrogate(model)),
         ("empty body", "POST", CHAT, JSON, b""),
         ("not utf-8", "POST", CHAT, JSON, b'{"model": "\xff\xfe"}'),
         ("form body", "POST", CHAT, {"content-type": "text/plain"}, b"model=x"),
         ("deep nesting", "POST", CHAT, JSON, b"[" * 5000 + b"]" * 5000),
         ("GET on chat", "GET", CHAT, {}, None),
-        ("unknown route", "GET", "/v1/completions", {}, None),
+        ("GET on completions", "GET", COMPLETIONS, {}, None),
+        ("unknown route", "GET", "/v1/embeddings", {}, None),
         ("unknown model route", "GET", "/v1/models/other", {}, None),
     ]
     return cases

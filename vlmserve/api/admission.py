@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -63,15 +64,16 @@ class Admission:
 
 
 class AdmissionMiddleware:
-    """Admits requests to ``path`` through an :class:`Admission`; other paths pass."""
+    """Admits requests to ``paths`` (the generation endpoints) through an :class:`Admission`;
+    other paths pass."""
 
-    def __init__(self, app: ASGIApp, admission: Admission, path: str) -> None:
+    def __init__(self, app: ASGIApp, admission: Admission, paths: Collection[str]) -> None:
         self.app = app
         self.admission = admission
-        self.path = path
+        self.paths = frozenset(paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
             await self.app(scope, receive, send)
             return
         refusal = self.admission.refusal()

@@ -13,7 +13,7 @@ import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -25,7 +25,8 @@ from vlmserve.api.admission import Admission, AdmissionMiddleware
 from vlmserve.api.batches import FILES_PATH
 from vlmserve.api.batches import router as batch_router
 from vlmserve.api.body_limit import BodyLimitMiddleware
-from vlmserve.api.chat import ChatHandler, deadline_scope
+from vlmserve.api.chat import CHAT_PATH, ChatHandler, ChatJob
+from vlmserve.api.completions import COMPLETIONS_PATH, CompletionHandler
 from vlmserve.api.errors import OverloadedError, error_response, install_error_handlers
 from vlmserve.api.metrics import Metrics
 from vlmserve.api.protocol import (
@@ -36,6 +37,11 @@ from vlmserve.api.protocol import (
     ModelList,
     now,
 )
+from vlmserve.api.protocol_completions import Completion, CompletionRequest
+from vlmserve.api.protocol_responses import Response as ResponseObject
+from vlmserve.api.protocol_responses import ResponsesRequest
+from vlmserve.api.responses import RESPONSES_PATH, ResponsesHandler
+from vlmserve.api.serving import deadline_scope
 from vlmserve.batch.service import BatchService
 from vlmserve.cache.lookup import ResponseCache, engine_request_key
 from vlmserve.config import BODY_SLACK_BYTES, Settings
@@ -46,12 +52,31 @@ from vlmserve.state.link import RedisLink
 
 logger = logging.getLogger(__name__)
 
-CHAT_PATH = "/v1/chat/completions"
+#: The endpoints that generate: admission, rate limits and per-endpoint metrics apply to each.
+GENERATION_PATHS = (CHAT_PATH, COMPLETIONS_PATH, RESPONSES_PATH)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 500, 503, 504)
 }
 _bearer = HTTPBearer(auto_error=False, description="One of the server's API keys, if it has any.")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+class Handler(Protocol):
+    """What each generation endpoint supplies: its own prepare, collect and stream edges."""
+
+    async def prepare(self, body: Any, request_id: str) -> Any:
+        """Validate ``body`` and have the engine prepare it; returns the endpoint's job."""
+        ...
+
+    async def complete(self, job: Any, deadline: float, on_usage: Callable[[int], None]) -> Any:
+        """Run the job to the end; the whole answer."""
+        ...
+
+    async def open_stream(
+        self, job: Any, deadline: float, on_usage: Callable[[int], None]
+    ) -> AsyncIterator[str]:
+        """Start the job; its server-sent events."""
+        ...
 
 
 class ServerState:
@@ -64,6 +89,8 @@ class ServerState:
         self.ready = False
         self.metrics = Metrics(lambda: engine.stats() if self.ready else None)
         self.chat = ChatHandler(engine, settings, model_id, self.metrics)
+        self.completions = CompletionHandler(engine, model_id, self.metrics)
+        self.responses = ResponsesHandler(engine, model_id, self.metrics, self.chat.reader)
         self.created = now()
         self.admission = Admission(settings.max_queued_requests)
         self.keys = KeyChecker(load_api_keys(settings))
@@ -109,8 +136,9 @@ class RequestIdMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
-                if scope["path"] == CHAT_PATH:
-                    self.metrics.requests.labels(str(message["status"])).inc()
+                if scope["path"] in GENERATION_PATHS:
+                    status = str(message["status"])
+                    self.metrics.requests.labels(scope["path"], status).inc()
             await send(message)
 
         try:
@@ -201,11 +229,11 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
             logger.info("model %s is ready on the %s engine", model_id, engine.name)
             batches.runner.start()
 
-        state.chat.images.start()
+        state.chat.reader.images.start()
         loader = asyncio.create_task(load())
         yield
         loader.cancel()
-        state.chat.images.close()
+        state.chat.reader.images.close()
         state.ready = False
         # Before the engine: lines cut here stay pending, rather than failing as "shutting down".
         await batches.runner.stop()
@@ -220,7 +248,7 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
     app.state.batches = batches = BatchService(settings, state.chat, state.admission)
     app.include_router(batch_router)
     install_error_handlers(app)
-    app.add_middleware(AdmissionMiddleware, admission=state.admission, path=CHAT_PATH)
+    app.add_middleware(AdmissionMiddleware, admission=state.admission, paths=GENERATION_PATHS)
     # Batch input files are bounded by their own limit (and the multipart framing around them).
     upload_limit = settings.batch_max_file_bytes + BODY_SLACK_BYTES
     app.add_middleware(
@@ -236,33 +264,67 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
             raise problem
         return state
 
-    @app.post(CHAT_PATH, response_model=ChatCompletion, responses=_ERRORS)
-    async def chat_completions(
-        body: ChatCompletionRequest, request: Request, who: AdmittedCaller
+    async def serve(
+        handler: Handler,
+        body: Any,
+        stream: bool,
+        request: Request,
+        who: str,
+        cacheable: bool = False,
     ) -> Any:
-        handler = ready_state().chat
+        """validate -> prepare -> collect or stream, the same for every generation endpoint."""
         deadline = asyncio.get_running_loop().time() + settings.request_timeout_seconds
         charge = functools.partial(state.limiter.charge, who)
         async with deadline_scope(deadline):
-            prepared = await handler.prepare(body, request_id_var.get())
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        key = engine_request_key(model_id, prepared)
-        cached = await state.cache.lookup(key, request.headers.get("cache-control"))
-        if cached.answer is not None:
-            return cached.replay(body.stream, include_usage)
-        if body.stream:
-            # Usage always: the cache stores it; record_stream drops it unless asked for.
-            events = await with_cancellation(
-                request, handler.open_stream(prepared, True, deadline, charge)
-            )
+            job = await handler.prepare(body, request_id_var.get())
+        if cacheable:
+            return await serve_cached(handler, job, stream, request, deadline, charge)
+        if stream:
+            events = await with_cancellation(request, handler.open_stream(job, deadline, charge))
             if isinstance(events, Response):
                 return events
-            return EventStreamResponse(cached.record_stream(events, include_usage), cached.headers)
-        result = await with_cancellation(request, handler.complete(prepared, deadline, charge))
+            return EventStreamResponse(events)
+        return await with_cancellation(request, handler.complete(job, deadline, charge))
+
+    async def serve_cached(
+        handler: Handler,
+        job: ChatJob,
+        stream: bool,
+        request: Request,
+        deadline: float,
+        charge: Callable[[int], None],
+    ) -> Any:
+        """A chat answer from the response cache, or made and recorded there as it goes."""
+        key = engine_request_key(model_id, job.prepared)
+        cached = await state.cache.lookup(key, request.headers.get("cache-control"))
+        wants_usage = job.include_usage
+        if cached.answer is not None:
+            return cached.replay(stream, wants_usage)
+        if stream:
+            job.include_usage = True  # the cache stores usage; record_stream drops it unless asked
+            events = await with_cancellation(request, handler.open_stream(job, deadline, charge))
+            if isinstance(events, Response):
+                return events
+            return EventStreamResponse(cached.record_stream(events, wants_usage), cached.headers)
+        result = await with_cancellation(request, handler.complete(job, deadline, charge))
         if isinstance(result, ChatCompletion):
             await cached.record(result.model_dump())
             return JSONResponse(result.model_dump(), headers=cached.headers)
         return result
+
+    @app.post(CHAT_PATH, response_model=ChatCompletion, responses=_ERRORS)
+    async def chat_completions(
+        body: ChatCompletionRequest, request: Request, who: AdmittedCaller
+    ) -> Any:
+        return await serve(ready_state().chat, body, body.stream, request, who, cacheable=True)
+
+    @app.post(COMPLETIONS_PATH, response_model=Completion, responses=_ERRORS)
+    async def completions(body: CompletionRequest, request: Request, who: AdmittedCaller) -> Any:
+        return await serve(ready_state().completions, body, body.stream, request, who)
+
+    @app.post(RESPONSES_PATH, response_model=ResponseObject, responses=_ERRORS)
+    async def responses(body: ResponsesRequest, request: Request, who: AdmittedCaller) -> Any:
+        return await serve(ready_state().responses, body, body.stream, request, who)
 
     @app.get("/v1/models", response_model=ModelList, responses=_ERRORS)
     async def list_models(_: Caller) -> ModelList:

@@ -1,31 +1,19 @@
-"""The chat-completions request path: validate, prepare, then stream or collect.
+"""The chat-completions endpoint's edges: messages in, chat completions and chunks out.
 
-Handlers here see an engine and protocol objects, never HTTP. :meth:`ChatHandler.prepare`
-validates the request, decodes its images and has the engine prepare it (render once, check the
-limits the engine runs with, resolve ``max_tokens`` and sampling defaults); streaming and
-non-streaming then share the prepared request. Both end by closing the engine's iterator, which
-aborts the request in the engine if it was still running (the client went away, or the task was
-cancelled).
+:meth:`ChatHandler.prepare` validates a request, lowers its tools into the messages
+(:mod:`vlmserve.api.tools`), decodes its images and has the engine prepare it; the shared
+:class:`vlmserve.api.serving.Generation` then runs it, and this module writes the answer, with
+tool calls read back from the output. :class:`MessageReader` is shared with ``/v1/responses``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import logging
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
-from vlmserve.api.errors import (
-    APIError,
-    InternalError,
-    NotFoundError,
-    RequestTimeoutError,
-    as_api_error,
-)
+from vlmserve.api.errors import NotFoundError
 from vlmserve.api.metrics import Metrics
 from vlmserve.api.protocol import (
     AssistantMessage,
@@ -36,22 +24,30 @@ from vlmserve.api.protocol import (
     Choice,
     ChunkChoice,
     DeltaMessage,
+    DeltaToolCall,
     ImagePart,
     Usage,
     completion_id,
     now,
 )
+from vlmserve.api.serving import (
+    Generation,
+    Tally,
+    UsageSink,
+    guarded,
+    sse,
+    with_done,
+)
+from vlmserve.api.tools import ToolPlan, ToolStream, message_text, plan_tools, wrap_tool_result
 from vlmserve.config import Settings
 from vlmserve.engine.base import (
     Engine,
-    EngineOutput,
     EngineRequest,
     ImageInput,
     PreparedRequest,
     SamplingOptions,
     TokenLogprob,
 )
-from vlmserve.engine.errors import EngineError
 from vlmserve.engine.prepare import check_image_count
 from vlmserve.images.codec import ImageLimits
 from vlmserve.images.fetch import MediaFetcher, MediaPolicy
@@ -59,68 +55,25 @@ from vlmserve.images.pipeline import ImagePipeline, ImageRef
 
 logger = logging.getLogger(__name__)
 
-#: Called with the tokens (prompt plus completion) a request used, when it ends.
-UsageSink = Callable[[int], None]
+CHAT_PATH = "/v1/chat/completions"
 
 
-@contextlib.asynccontextmanager
-async def deadline_scope(deadline: float) -> AsyncIterator[None]:
-    """Run the block until the event-loop time ``deadline``; then cancel it with a 504."""
-    try:
-        async with asyncio.timeout_at(deadline):
-            yield
-    except TimeoutError:
-        logger.warning("request timed out; its work was cancelled")
-        raise RequestTimeoutError("The request took longer than this server allows.") from None
-
-
-@dataclass
-class _Tally:
-    """What one request has produced so far."""
-
-    texts: list[str]
-    reasons: list[str | None]
-    logprobs: list[list[dict[str, Any]]]
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    started: float = field(default_factory=time.perf_counter)
-    first_token_at: float | None = None
-
-    def add(self, output: EngineOutput) -> None:
-        if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
-        self.prompt_tokens = output.prompt_tokens
-        for delta in output.deltas:
-            self.texts[delta.index] += delta.text
-            self.logprobs[delta.index] += logprob_entries(delta.logprobs)
-            self.completion_tokens += delta.num_tokens
-            if delta.finish_reason:
-                self.reasons[delta.index] = delta.finish_reason
-
-    @classmethod
-    def for_request(cls, request: PreparedRequest) -> _Tally:
-        n = request.sampling.options.n
-        return cls([""] * n, [None] * n, [[] for _ in range(n)])
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def usage(self) -> Usage:
-        return Usage(
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
-            total_tokens=self.prompt_tokens + self.completion_tokens,
+def check_model(model: str, served: str) -> None:
+    """A 404 naming ``model`` unless it is the model this server serves."""
+    if model != served:
+        raise NotFoundError(
+            f"The model '{model}' does not exist; this server serves '{served}'.",
+            param="model",
+            code="model_not_found",
         )
 
 
-class ChatHandler:
-    """Serves ``/v1/chat/completions`` for one model on one engine."""
+class MessageReader:
+    """Turns protocol messages into the engine's chat messages, images decoded concurrently."""
 
-    def __init__(self, engine: Engine, settings: Settings, model_id: str, metrics: Metrics):
+    def __init__(self, engine: Engine, settings: Settings, metrics: Metrics) -> None:
         self.engine = engine
         self.settings = settings
-        self.model_id = model_id
         self.metrics = metrics
         self.images = ImagePipeline(
             ImageLimits.from_settings(settings),
@@ -132,27 +85,17 @@ class ChatHandler:
             cache_bytes=settings.image_cache_bytes,
         )
 
-    async def prepare(self, body: ChatCompletionRequest, request_id: str) -> PreparedRequest:
-        """Validate a request, decode its images, and have the engine render and check it."""
-        if body.model != self.model_id:
-            raise NotFoundError(
-                f"The model '{body.model}' does not exist; this server serves '{self.model_id}'.",
-                param="model",
-                code="model_not_found",
-            )
-        messages, images = await self._messages(body.messages)
-        request = EngineRequest(request_id, _sampling(body), messages=messages, images=images)
-        return await self.engine.prepare(request)
-
-    async def _messages(
-        self, messages: list[ChatMessage]
+    async def read(
+        self, messages: list[ChatMessage], plan: ToolPlan | None, field: str = "messages"
     ) -> tuple[list[dict[str, Any]], list[ImageInput]]:
-        """HF-style messages with image parts, and their images decoded concurrently.
+        """HF-style messages (tools lowered into text) and their decoded images.
 
-        The image count is checked against the engine's limit before any image is fetched.
+        ``field`` names the request field in errors. The image count is checked against the
+        engine's limit before any image is fetched.
         """
         out: list[dict[str, Any]] = []
         pending: list[ImageRef] = []
+        call_ids: set[str] = set()
         for i, message in enumerate(messages):
             content = message.content if message.content is not None else ""
             parts: list[dict[str, Any]] = []
@@ -160,14 +103,15 @@ class ChatHandler:
                 if isinstance(part, str):
                     parts.append({"type": "text", "text": part})
                 elif isinstance(part, ImagePart):
-                    param = f"messages[{i}].content[{j}].image_url"
+                    param = f"{field}[{i}].content[{j}].image_url"
                     detail = part.image_url.detail or self.settings.default_image_detail
                     pending.append(ImageRef(part.image_url.url, detail, param))
                     parts.append({"type": "image"})
                 else:
                     parts.append({"type": "text", "text": part.text})
-            role = "system" if message.role == "developer" else message.role
-            out.append({"role": role, "content": parts})
+            out.append(_lowered(message, parts, message_text(message, i, call_ids)))
+        if plan is not None and plan.in_prompt:
+            add_system_text(out, plan.prompt())
         check_image_count(len(pending), self.engine.limits)
         decoded = await self.images.load(pending)
         self.metrics.images.inc(len(decoded))
@@ -177,120 +121,159 @@ class ChatHandler:
         ]
         return out, images
 
+
+def _lowered(message: ChatMessage, parts: list[dict[str, Any]], calls: str | None) -> dict:
+    """One message in HF form: tool results become user turns, tool calls assistant text."""
+    if message.role == "tool":
+        text = "".join(p.get("text", "") for p in parts)
+        return {"role": "user", "content": [{"type": "text", "text": wrap_tool_result(text)}]}
+    if calls:
+        parts = [*parts, {"type": "text", "text": ("\n" if parts else "") + calls}]
+    role = "system" if message.role == "developer" else message.role
+    return {"role": role, "content": parts}
+
+
+def add_system_text(messages: list[dict[str, Any]], text: str) -> None:
+    """Put ``text`` at the start of the system message, adding one if there is none."""
+    if messages and messages[0]["role"] == "system":
+        messages[0]["content"] = [{"type": "text", "text": text + "\n\n"}, *messages[0]["content"]]
+    else:
+        messages.insert(0, {"role": "system", "content": [{"type": "text", "text": text}]})
+
+
+@dataclass
+class ChatJob:
+    """A prepared chat request and what shapes its answer."""
+
+    prepared: PreparedRequest
+    plan: ToolPlan | None
+    include_usage: bool
+
+
+class ChatHandler:
+    """Serves ``/v1/chat/completions`` for one model on one engine."""
+
+    def __init__(self, engine: Engine, settings: Settings, model_id: str, metrics: Metrics):
+        self.engine = engine
+        self.model_id = model_id
+        self.metrics = metrics
+        self.reader = MessageReader(engine, settings, metrics)
+
+    async def prepare(self, body: ChatCompletionRequest, request_id: str) -> ChatJob:
+        """Validate a request, decode its images, and have the engine render and check it."""
+        check_model(body.model, self.model_id)
+        plan = plan_tools(
+            body.tools,
+            body.tool_choice,
+            body.parallel_tool_calls,
+            body.response_format is not None and body.response_format.type != "text",
+        )
+        messages, images = await self.reader.read(body.messages, plan)
+        sampling = _sampling(body, plan)
+        request = EngineRequest(request_id, sampling, messages=messages, images=images)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return ChatJob(await self.engine.prepare(request), plan, include_usage)
+
+    def _generation(self, job: ChatJob, deadline: float, on_usage: UsageSink | None) -> Generation:
+        return Generation(self.engine, job.prepared, deadline, self.metrics, CHAT_PATH, on_usage)
+
     async def complete(
-        self, request: PreparedRequest, deadline: float, on_usage: UsageSink | None = None
+        self, job: ChatJob, deadline: float, on_usage: UsageSink | None = None
     ) -> ChatCompletion:
         """Run a request to the end (or a 504 at ``deadline``) and answer it whole."""
-        tally = _Tally.for_request(request)
-        outputs = self.engine.generate(request)
-        try:
-            async with deadline_scope(deadline):
-                async for output in outputs:
-                    tally.add(output)
-        finally:
-            await outputs.aclose()
-            if on_usage is not None:
-                on_usage(tally.total_tokens)
-        self._record(tally)
-        wants_logprobs = request.sampling.options.logprobs
-        choices = [
-            Choice(
-                index=i,
-                message=AssistantMessage(content=text),
-                finish_reason=reason,
-                logprobs={"content": tally.logprobs[i]} if wants_logprobs else None,
+        tally = await self._generation(job, deadline, on_usage).collect()
+        wants_logprobs = job.prepared.sampling.options.logprobs
+        choices = []
+        for i, (text, reason) in enumerate(zip(tally.texts, tally.reasons, strict=True)):
+            content, calls = job.plan.parse(text) if job.plan else (text, [])
+            choices.append(
+                Choice(
+                    index=i,
+                    message=AssistantMessage(content=content, tool_calls=calls or None),
+                    finish_reason=_finish_reason(reason, job.plan, bool(calls)),
+                    logprobs={"content": logprob_entries(tally.logprobs[i])}
+                    if wants_logprobs
+                    else None,
+                )
             )
-            for i, (text, reason) in enumerate(zip(tally.texts, tally.reasons, strict=True))
-        ]
         return ChatCompletion(
             id=completion_id(),
             created=now(),
             model=self.model_id,
             choices=choices,
-            usage=tally.usage(),
+            usage=usage_of(tally),
         )
 
     async def open_stream(
-        self,
-        request: PreparedRequest,
-        include_usage: bool,
-        deadline: float,
-        on_usage: UsageSink | None = None,
+        self, job: ChatJob, deadline: float, on_usage: UsageSink | None = None
     ) -> AsyncIterator[str]:
         """Start a request and wait for its first output, so early errors are plain HTTP errors.
 
         Returns the server-sent events; closing them aborts the request. Past ``deadline`` the
         stream ends with a timeout error event.
         """
-        outputs = self.engine.generate(request)
-        try:
-            async with deadline_scope(deadline):
-                first = await anext(outputs)
-        except BaseException:
-            await outputs.aclose()
-            raise
-        return self._events(request, first, outputs, include_usage, deadline, on_usage)
+        generation = self._generation(job, deadline, on_usage)
+        await generation.start()
+        return with_done(guarded(self._events(job, generation), lambda body: sse(body)))
 
-    async def _events(
-        self,
-        request: PreparedRequest,
-        first: EngineOutput,
-        outputs: AsyncGenerator[EngineOutput, None],
-        include_usage: bool,
-        deadline: float,
-        on_usage: UsageSink | None,
-    ) -> AsyncIterator[str]:
-        tally = _Tally.for_request(request)
+    async def _events(self, job: ChatJob, generation: Generation) -> AsyncGenerator[str, None]:
+        n = job.prepared.sampling.options.n
         chunk = _ChunkWriter(completion_id(), now(), self.model_id)
+        tools = [ToolStream(job.plan) if job.plan else None for _ in range(n)]
         try:
             yield chunk.choices(
                 [
                     ChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))
-                    for i in range(request.sampling.options.n)
+                    for i in range(n)
                 ]
             )
-            output: EngineOutput | None = first
-            while output is not None:
-                tally.add(output)
-                deltas = [d for d in output.deltas if d.text or d.finish_reason or d.logprobs]
-                if deltas:
-                    yield chunk.choices(
-                        [
-                            ChunkChoice(
-                                index=d.index,
-                                delta=DeltaMessage(content=d.text or None),
-                                finish_reason=d.finish_reason,
-                                logprobs=None
-                                if d.logprobs is None
-                                else {"content": logprob_entries(d.logprobs)},
-                            )
-                            for d in deltas
-                        ]
-                    )
-                async with deadline_scope(deadline):
-                    output = await anext(outputs, None)
-            self._record(tally)
-            if include_usage:
-                yield chunk.usage(tally.usage())
-        except APIError as exc:
-            yield _sse(exc.body())
-        except EngineError as exc:
-            yield _sse(as_api_error(exc).body())
-        except Exception:
-            logger.exception("stream failed")
-            yield _sse(InternalError("The server had an error while streaming.").body())
+            async for event in self._deltas(job, generation, chunk, tools):
+                yield event
+            if job.include_usage:
+                yield chunk.usage(usage_of(generation.tally))
         finally:
-            await outputs.aclose()
-            if on_usage is not None:
-                on_usage(tally.total_tokens)
-        yield "data: [DONE]\n\n"
+            await generation.close()
 
-    def _record(self, tally: _Tally) -> None:
-        self.metrics.latency.observe(time.perf_counter() - tally.started)
-        if tally.first_token_at is not None:
-            self.metrics.ttft.observe(tally.first_token_at - tally.started)
-        self.metrics.prompt_tokens.inc(tally.prompt_tokens)
-        self.metrics.generation_tokens.inc(tally.completion_tokens)
+    async def _deltas(
+        self,
+        job: ChatJob,
+        generation: Generation,
+        chunk: _ChunkWriter,
+        tools: list[ToolStream | None],
+    ) -> AsyncGenerator[str, None]:
+        async for output in generation.outputs():
+            choices = []
+            for d in output.deltas:
+                text: str = d.text
+                calls: list[DeltaToolCall] = []
+                stream = tools[d.index]
+                if stream is not None:
+                    text, calls = stream.feed(d.text)
+                    if d.finish_reason:
+                        tail, calls_at_end = stream.finish()
+                        text, calls = text + tail, calls + calls_at_end
+                if not (text or calls or d.finish_reason or d.logprobs):
+                    continue
+                called = stream is not None and stream.called
+                choices.append(
+                    ChunkChoice(
+                        index=d.index,
+                        delta=DeltaMessage(content=text or None, tool_calls=calls or None),
+                        finish_reason=_finish_reason(d.finish_reason, job.plan, called),
+                        logprobs=None
+                        if d.logprobs is None
+                        else {"content": logprob_entries(d.logprobs)},
+                    )
+                )
+            if choices:
+                yield chunk.choices(choices)
+
+
+def _finish_reason(reason: str | None, plan: ToolPlan | None, called: bool) -> str | None:
+    """``tool_calls`` when the model called tools (a named function keeps ``stop``, as OpenAI)."""
+    if reason == "stop" and called and plan is not None and not plan.named:
+        return "tool_calls"
+    return reason
 
 
 @dataclass
@@ -302,23 +285,39 @@ class _ChunkWriter:
     model: str
 
     def choices(self, choices: list[ChunkChoice]) -> str:
-        return _sse(
+        return sse(
             ChatCompletionChunk(
                 id=self.id, created=self.created, model=self.model, choices=choices
             ).model_dump(exclude_none=False)
         )
 
     def usage(self, usage: Usage) -> str:
-        return _sse(
+        return sse(
             ChatCompletionChunk(
                 id=self.id, created=self.created, model=self.model, choices=[], usage=usage
             ).model_dump()
         )
 
 
-def _sampling(body: ChatCompletionRequest) -> SamplingOptions:
-    """The sampling options the client set; what it left unset the engine fills in."""
+def usage_of(tally: Tally) -> Usage:
+    """OpenAI's ``usage`` of a finished tally."""
+    return Usage(
+        prompt_tokens=tally.prompt_tokens,
+        completion_tokens=tally.completion_tokens,
+        total_tokens=tally.total_tokens,
+    )
+
+
+def _sampling(body: ChatCompletionRequest, plan: ToolPlan | None) -> SamplingOptions:
+    """The sampling options the client set; what it left unset the engine fills in.
+
+    A forced tool call (``required`` or a named function) becomes the JSON schema its output
+    must match.
+    """
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    response_format = (plan.response_format() if plan else None) or (
+        body.response_format.model_dump(by_alias=True) if body.response_format else None
+    )
     return SamplingOptions(
         max_tokens=body.max_completion_tokens or body.max_tokens,
         temperature=body.temperature,
@@ -334,7 +333,7 @@ def _sampling(body: ChatCompletionRequest) -> SamplingOptions:
         frequency_penalty=body.frequency_penalty,
         logprobs=body.logprobs,
         top_logprobs=body.top_logprobs or 0,
-        response_format=body.response_format.model_dump() if body.response_format else None,
+        response_format=response_format,
     )
 
 
@@ -348,7 +347,3 @@ def logprob_entries(entries: list[TokenLogprob] | None) -> list[dict[str, Any]]:
         {**one(e.token, e.logprob), "top_logprobs": [one(t, lp) for t, lp in e.top]}
         for e in entries or []
     ]
-
-
-def _sse(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"

@@ -44,29 +44,35 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "vlmserve_requests",
-            "Chat completion requests by HTTP status.",
-            ["status"],
+            "Generation requests by endpoint and HTTP status.",
+            ["endpoint", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "vlmserve_request_duration_seconds",
             "Time from request to last token.",
+            ["endpoint"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.ttft = Histogram(
             "vlmserve_time_to_first_token_seconds",
             "Time from request to first token.",
+            ["endpoint"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.prompt_tokens = Counter(
             "vlmserve_prompt_tokens",
             "Prompt tokens processed (image tokens included).",
+            ["endpoint"],
             registry=self.registry,
         )
         self.generation_tokens = Counter(
-            "vlmserve_generation_tokens", "Tokens generated.", registry=self.registry
+            "vlmserve_generation_tokens",
+            "Tokens generated.",
+            ["endpoint"],
+            registry=self.registry,
         )
         self.images = Counter("vlmserve_images", "Images received.", registry=self.registry)
         self.image_cache_hits = Counter(
@@ -80,6 +86,21 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_EngineCollector(engine_stats))
+
+    def observe(
+        self,
+        endpoint: str,
+        latency: float,
+        ttft: float | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
+        """Record one finished request of ``endpoint`` (its path)."""
+        self.latency.labels(endpoint).observe(latency)
+        if ttft is not None:
+            self.ttft.labels(endpoint).observe(ttft)
+        self.prompt_tokens.labels(endpoint).inc(prompt_tokens)
+        self.generation_tokens.labels(endpoint).inc(completion_tokens)
 
     def render(self) -> bytes:
         """The exposition text for ``GET /metrics``."""

@@ -1,8 +1,9 @@
 """OpenAI chat-completions protocol models: what clients send and what vlmserve answers.
 
-Only the fields vlmserve acts on are declared; unknown fields are ignored (as OpenAI-compatible
-servers do) so newer SDKs keep working. Integer fields are strict: ``"max_tokens": "10"`` is a 400,
-not a silent coercion.
+Only the fields vlmserve acts on are declared, plus the few it ignores on purpose (``user``,
+``metadata``: bookkeeping fields that change no output); any other field is a 400 naming it, so a
+client never silently loses a feature it asked for. Integer fields are strict:
+``"max_tokens": "10"`` is a 400, not a silent coercion.
 """
 
 from __future__ import annotations
@@ -11,30 +12,41 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    model_serializer,
+)
 
 from vlmserve.images.detail import Detail
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class RequestModel(BaseModel):
+    """Base of every request model: unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
-class TextPart(_Request):
+class TextPart(RequestModel):
     """A text part of a message's content."""
 
     type: Literal["text"]
     text: StrictStr
 
 
-class ImageURL(_Request):
+class ImageURL(RequestModel):
     """An image given as a ``data:`` URL (or, where allowed, an http(s) or file URL)."""
 
     url: StrictStr
     detail: Detail | None = None
 
 
-class ImagePart(_Request):
+class ImagePart(RequestModel):
     """An image part of a message's content."""
 
     type: Literal["image_url"]
@@ -44,28 +56,88 @@ class ImagePart(_Request):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
-class ChatMessage(_Request):
-    """One message of the conversation."""
+class FunctionCall(RequestModel):
+    """A function the model called, with its arguments as a JSON string."""
 
-    role: Literal["system", "developer", "user", "assistant"]
+    name: StrictStr
+    arguments: StrictStr
+
+
+class ToolCall(RequestModel):
+    """One tool call of an assistant message."""
+
+    id: StrictStr
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(RequestModel):
+    """One message of the conversation; ``tool`` messages answer an assistant's tool call."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: StrictStr | list[ContentPart] | None = None
     name: StrictStr | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: StrictStr | None = None
 
 
-class StreamOptions(_Request):
+class FunctionDefinition(RequestModel):
+    """A function the model may call; ``parameters`` is a JSON Schema object."""
+
+    name: StrictStr = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = None
+    strict: StrictBool | None = None
+
+
+class ToolDefinition(RequestModel):
+    """One entry of ``tools``: only function tools exist in the chat API."""
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(RequestModel):
+    """The function a named ``tool_choice`` forces."""
+
+    name: StrictStr
+
+
+class NamedToolChoice(RequestModel):
+    """``tool_choice`` naming one function: the model must call it."""
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class StreamOptions(RequestModel):
     """Streaming options: ``include_usage`` adds a final chunk with token counts."""
 
     include_usage: StrictBool = False
 
 
-class ResponseFormat(_Request):
+class JSONSchemaFormat(RequestModel):
+    """A named JSON schema the output must match (``strict`` or not, it is always enforced)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: StrictStr = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: StrictStr | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(RequestModel):
     """Structured output: plain text, any JSON object, or JSON matching a schema."""
 
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: JSONSchemaFormat | None = None
 
 
-class ChatCompletionRequest(_Request):
+class ChatCompletionRequest(RequestModel):
     """``POST /v1/chat/completions``."""
 
     model: StrictStr
@@ -84,7 +156,12 @@ class ChatCompletionRequest(_Request):
     logprobs: StrictBool = False
     top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: StrictBool = True
+    #: Ignored on purpose, as bookkeeping that changes no output.
     user: StrictStr | None = None
+    metadata: dict[str, StrictStr] | None = None
     # Extensions, as in vLLM: exact output lengths (for benchmarks), and two sampling knobs
     # that checkpoints set in generation_config.json.
     min_tokens: StrictInt = Field(default=0, ge=0)
@@ -105,7 +182,16 @@ class AssistantMessage(BaseModel):
     """The generated message of one choice."""
 
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_empty_tool_calls(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Leave ``tool_calls`` out when there are none, as OpenAI's API does."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("tool_calls") is None:
+            data.pop("tool_calls", None)
+        return data
 
 
 class Choice(BaseModel):
@@ -128,11 +214,28 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class DeltaFunctionCall(BaseModel):
+    """A piece of a streamed function call: its name first, then pieces of its arguments."""
+
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(BaseModel):
+    """A piece of one streamed tool call; ``index`` says which call it extends."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall
+
+
 class DeltaMessage(BaseModel):
     """New content of one choice in a stream."""
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChunkChoice(BaseModel):

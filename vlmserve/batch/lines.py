@@ -159,9 +159,9 @@ async def run_line(
     try:
         request = _chat_request(body)
         loop = asyncio.get_running_loop()
-        prepared = await handler.prepare(request, request_id)
-        prepared.request.priority = BATCH_PRIORITY
-        answer = await handler.complete(prepared, loop.time() + timeout)
+        job = await handler.prepare(request, request_id)
+        job.prepared.request.priority = BATCH_PRIORITY
+        answer = await handler.complete(job, loop.time() + timeout)
     except (APIError, EngineError) as exc:
         # The chat route's exception handlers map engine errors the same way.
         error = as_api_error(exc) if isinstance(exc, EngineError) else exc
@@ -176,7 +176,7 @@ async def run_line(
         _response(request_id, custom_id, 200, answer.model_dump()),
         usage.prompt_tokens,
         usage.completion_tokens,
-        len(prepared.request.images),
+        len(job.prepared.request.images),
     )
 
 

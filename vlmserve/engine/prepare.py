@@ -140,6 +140,11 @@ def finish(
     defaults: SamplingDefaults,
 ) -> PreparedRequest:
     """The prepared request, once the checks every engine shares have passed."""
+    if rendered.prompt_tokens == 0:
+        raise RequestRejected(
+            "The prompt is empty: the model needs at least one token to continue from.",
+            param=request.input_param,
+        )
     image_tokens = check_image_tokens(
         rendered.image_tokens, request.images, limits.max_image_tokens
     )

@@ -6,9 +6,11 @@ has its logit divided by the penalty when positive, multiplied when negative.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from vlmserve.engine.base import Sampling
+from vlmserve.engine.base import Sampling, TokenLogprob
 
 
 def new_generator(seed: int | None) -> torch.Generator:
@@ -47,9 +49,17 @@ def adjust_logits(
     return logits
 
 
+#: Below this temperature sampling is greedy (vLLM's ``_SAMPLING_EPS``).
+SAMPLING_EPS = 1e-5
+
+
 def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
-    """Pick one token: greedy at temperature 0, else temperature, top-k and nucleus (top-p)."""
-    if sampling.temperature == 0:
+    """Pick one token: greedy at temperature 0, else temperature, top-k and nucleus (top-p).
+
+    Temperatures below ``SAMPLING_EPS`` are greedy too, as in vLLM: dividing by them overflows
+    the logits to infinity, and the probabilities to NaN.
+    """
+    if sampling.temperature < SAMPLING_EPS:
         return int(torch.argmax(logits))
     if 0 < sampling.top_k < logits.shape[-1]:
         kth = torch.topk(logits, sampling.top_k).values[-1]
@@ -61,3 +71,19 @@ def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator)
         sorted_probs[outside] = 0.0
         probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def token_logprob(
+    raw_logits: torch.Tensor, token_id: int, top_n: int, token_text: Callable[[int], str]
+) -> TokenLogprob:
+    """The chosen token's log probability and the ``top_n`` most likely tokens at its position.
+
+    Computed from the model's raw logits, before penalties and grammar masks, as vLLM reports
+    them by default (``logprobs_mode="raw_logprobs"``).
+    """
+    logprobs = torch.log_softmax(raw_logits.float(), dim=-1)
+    top: list[tuple[str, float]] = []
+    if top_n:
+        values, ids = torch.topk(logprobs, top_n)
+        top = [(token_text(int(i)), float(v)) for v, i in zip(values, ids, strict=True)]
+    return TokenLogprob(token_text(token_id), float(logprobs[token_id]), top)

@@ -16,7 +16,6 @@ import collections
 import logging
 import threading
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +30,14 @@ from vlmserve.engine.base import (
     FinishReason,
     PreparedRequest,
     RequestLimits,
-    Sampling,
     SamplingOptions,
 )
-from vlmserve.engine.errors import EngineStopping, RequestRejected
+from vlmserve.engine.errors import EngineFailed, EngineStopping, RequestRejected
+from vlmserve.engine.grammar import (
+    Grammars,
+    check_response_format,
+    closing_window,
+)
 from vlmserve.engine.prepare import (
     Rendered,
     check_image_count,
@@ -42,103 +45,14 @@ from vlmserve.engine.prepare import (
     finish,
     shared_processor_kwargs,
 )
-from vlmserve.engine.sampling import adjust_logits, new_generator, sample
+from vlmserve.engine.sampling import adjust_logits, new_generator, sample, token_logprob
 from vlmserve.engine.text import TextStream
+from vlmserve.engine.transformers_batch import Batch, Request, Sequence
 from vlmserve.logs import for_request
 from vlmserve.models.base import ModelFamily
 from vlmserve.models.families import family_for_checkpoint
 
 logger = logging.getLogger(__name__)
-
-KV = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass
-class _Request:
-    """A request inside the worker: its prepared inputs, its queue and its random generator."""
-
-    prepared: PreparedRequest
-    queue: asyncio.Queue[EngineOutput | BaseException]
-    loop: asyncio.AbstractEventLoop
-    generator: torch.Generator
-
-    @property
-    def request_id(self) -> str:
-        return self.prepared.request_id
-
-    @property
-    def sampling(self) -> Sampling:
-        return self.prepared.sampling
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.prepared.prompt_tokens
-
-    @property
-    def prompt_ids(self) -> torch.Tensor:
-        ids: torch.Tensor = self.prepared.inputs["input_ids"]
-        return ids
-
-    def send(self, item: EngineOutput | BaseException) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-
-
-@dataclass
-class _Sequence:
-    """One choice of a request being decoded."""
-
-    owner: _Request
-    index: int
-    #: This sequence's own KV cache; stale while the sequence sits in a :class:`_Batch`.
-    kv: KV
-    next_token: int
-    text: TextStream
-    #: Tokens in the KV cache (the position of the next input token).
-    length: int
-    generated: list[int] = field(default_factory=list)
-
-
-@dataclass
-class _Batch:
-    """The left-padded KV cache of the sequences decoded together, kept across steps.
-
-    While the same sequences run, each step appends to this cache in place; only when one joins
-    or leaves is it split back into per-sequence caches and packed anew.
-    """
-
-    seqs: list[_Sequence]
-    cache: Any
-    mask: torch.Tensor
-
-    def unpack(self) -> None:
-        """Give every member its own view of its rows (no copy)."""
-        width = self.mask.shape[1]
-        for row, seq in enumerate(self.seqs):
-            start = width - seq.length
-            seq.kv = [
-                (lay.keys[row : row + 1, :, start:], lay.values[row : row + 1, :, start:])
-                for lay in self.cache.layers
-            ]
-
-    @classmethod
-    def pack(cls, seqs: list[_Sequence], device: str) -> _Batch:
-        """Left-pad the members' caches into one batch (the one copy of the KV cache)."""
-        from transformers import DynamicCache
-
-        longest = max(s.length for s in seqs)
-        layers = []
-        for layer in range(len(seqs[0].kv)):
-            keys, values = seqs[0].kv[layer]
-            shape = (len(seqs), keys.shape[1], longest, keys.shape[3])
-            k_batch, v_batch = keys.new_zeros(shape), values.new_zeros(shape)
-            for row, seq in enumerate(seqs):
-                k_batch[row, :, longest - seq.length :] = seq.kv[layer][0][0]
-                v_batch[row, :, longest - seq.length :] = seq.kv[layer][1][0]
-            layers.append((k_batch, v_batch))
-        mask = torch.zeros(len(seqs), longest, dtype=torch.long, device=device)
-        for row, seq in enumerate(seqs):
-            mask[row, longest - seq.length :] = 1
-        return cls(list(seqs), DynamicCache(ddp_cache_data=layers), mask)
 
 
 class TransformersEngine(Engine):
@@ -163,10 +77,11 @@ class TransformersEngine(Engine):
         self.model: Any = None
         self.processor: Any = None
         self._eos: tuple[int, ...] = ()
+        self._grammars: Grammars | None = None
         self._max_len = 0
-        self._pending: collections.deque[_Request] = collections.deque()
-        self._running: list[_Sequence] = []
-        self._batch: _Batch | None = None
+        self._pending: collections.deque[Request] = collections.deque()
+        self._running: list[Sequence] = []
+        self._batch: Batch | None = None
         self._aborted: set[str] = set()
         self._lock = threading.Condition()
         self._stopping = False
@@ -187,6 +102,10 @@ class TransformersEngine(Engine):
         eos = self.model.generation_config.eos_token_id
         eos = eos if eos is not None else self.processor.tokenizer.eos_token_id
         self._eos = tuple(eos) if isinstance(eos, list) else (int(eos),)
+        vocab_size = int(text_config.vocab_size)
+        self._grammars = await asyncio.to_thread(
+            Grammars, self.processor.tokenizer, vocab_size, self._eos
+        )
         self._thread = threading.Thread(target=self._work, name="transformers-engine", daemon=True)
         self._thread.start()
         logger.info("loaded %s (%s family) on %s", self.model_path, self.family.name, self.device)
@@ -205,7 +124,16 @@ class TransformersEngine(Engine):
         check_image_count(len(request.images), self.limits)
         _refuse_unsupported(request.sampling)
         kwargs = shared_processor_kwargs(self.family, request.images)
-        inputs = await asyncio.to_thread(self._preprocess, request, kwargs)
+        try:
+            inputs = await asyncio.to_thread(self._preprocess, request, kwargs)
+        except (
+            TypeError,
+            UnicodeError,
+        ) as exc:  # text the tokenizer cannot encode (lone surrogates)
+            raise RequestRejected(
+                "The text of this request cannot be tokenized (is it valid Unicode?).",
+                param=request.input_param,
+            ) from exc
         ids = inputs["input_ids"][0]
         counts = image_token_counts(ids, self.processor.image_token_id, len(request.images))
         rendered = Rendered(int(ids.shape[0]), counts, inputs)
@@ -213,11 +141,16 @@ class TransformersEngine(Engine):
 
     async def generate(self, request: PreparedRequest) -> AsyncGenerator[EngineOutput, None]:
         """Queue a prepared request for the worker and stream its outputs."""
-        item = _Request(
+        assert self._grammars is not None
+        grammar = await asyncio.to_thread(
+            self._grammars.compile, request.sampling.options.response_format
+        )
+        item = Request(
             request,
             asyncio.Queue(),
             asyncio.get_running_loop(),
             new_generator(request.sampling.options.seed),
+            grammar,
         )
         with self._lock:
             # Behind every waiting request of the same or a more urgent priority.
@@ -270,11 +203,28 @@ class TransformersEngine(Engine):
             if admitted is None:
                 return
             for item in admitted:
-                self._prefill(item)
+                try:
+                    self._prefill(item)
+                except Exception:  # one request's failure must not stop the worker
+                    logger.exception("prefill failed", extra=for_request(item.request_id))
+                    item.send(EngineFailed("The engine failed on this request."))
             if self._running:
-                self._decode_step()
+                try:
+                    self._decode_step()
+                except Exception:
+                    logger.exception("decode step failed; failing the running requests")
+                    self._fail_running()
 
-    def _next_batch(self) -> list[_Request] | None:
+    def _fail_running(self) -> None:
+        """End every running request with an error (their caches may be inconsistent)."""
+        with self._lock:
+            owners = {id(s.owner): s.owner for s in self._running}
+            self._running = []
+            self._batch = None
+        for owner in owners.values():
+            owner.send(EngineFailed("The engine failed while generating."))
+
+    def _next_batch(self) -> list[Request] | None:
         """Drop aborted work, then take the waiting requests that fit (None: shut down)."""
         with self._lock:
             while not self._stopping and not self._pending and not self._running:
@@ -295,7 +245,7 @@ class TransformersEngine(Engine):
                     s for s in self._running if s.owner.request_id not in self._aborted
                 ]
                 self._aborted.clear()
-            admitted: list[_Request] = []
+            admitted: list[Request] = []
             room = self.max_batch_size - len(self._running)
             while self._pending and (
                 room >= self._pending[0].sampling.options.n or not admitted and not self._running
@@ -305,7 +255,7 @@ class TransformersEngine(Engine):
                 admitted.append(item)
             return admitted
 
-    def _prefill(self, item: _Request) -> None:
+    def _prefill(self, item: Request) -> None:
         request_id = item.request_id
         logger.debug("prefill: %d prompt tokens", item.prompt_tokens, extra=for_request(request_id))
         try:
@@ -320,12 +270,10 @@ class TransformersEngine(Engine):
         sequences = []
         for index in range(sampling.options.n):
             text = TextStream(self.processor.tokenizer, sampling.options.stop)
-            seq = _Sequence(item, index, kv, -1, text, item.prompt_tokens)
-            seq.next_token = sample(
-                adjust_logits(logits, sampling, [], self._eos, item.prompt_ids),
-                sampling,
-                item.generator,
-            )
+            seq = Sequence(item, index, kv, -1, text, item.prompt_tokens)
+            if self._grammars is not None:
+                seq.constraint = self._grammars.constraint(item.grammar)
+            seq.next_token = self._choose(seq, logits)
             sequences.append(seq)
         output = self._advance(sequences, item.prompt_tokens)
         with self._lock:
@@ -338,7 +286,7 @@ class TransformersEngine(Engine):
         if batch is None or [id(s) for s in batch.seqs] != [id(s) for s in seqs]:
             if batch is not None:
                 batch.unpack()
-            batch = self._batch = _Batch.pack(seqs, self.device)
+            batch = self._batch = Batch.pack(seqs, self.device)
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(seqs), 1)], dim=1)
         out = self.model(
             input_ids=torch.tensor([[s.next_token] for s in seqs], device=self.device),
@@ -350,16 +298,34 @@ class TransformersEngine(Engine):
         batch.cache = out.past_key_values
         for row, seq in enumerate(seqs):
             seq.length += 1
-            sampling = seq.owner.sampling
-            logits = adjust_logits(
-                out.logits[row, -1], sampling, seq.generated, self._eos, seq.owner.prompt_ids
-            )
-            seq.next_token = sample(logits, sampling, seq.owner.generator)
+            seq.next_token = self._choose(seq, out.logits[row, -1])
         self._advance_all(seqs)
 
-    def _advance_all(self, seqs: list[_Sequence]) -> None:
+    def _choose(self, seq: Sequence, raw: torch.Tensor) -> int:
+        """Sample a sequence's next token from its raw logits, within its grammar if any."""
+        sampling = seq.owner.sampling
+        logits = adjust_logits(raw, sampling, seq.generated, self._eos, seq.owner.prompt_ids)
+        token: int | None = None
+        if seq.constraint is not None:
+            remaining = sampling.max_tokens - len(seq.generated)
+            steer = remaining <= closing_window(sampling.max_tokens)
+            if not seq.constraint.apply(logits, steer):
+                token = self._eos[0]  # the grammar is complete: only a stop is left
+        if token is None:
+            token = sample(logits, sampling, seq.owner.generator)
+        if seq.constraint is not None:
+            seq.constraint.accept(token)
+        options = sampling.options
+        if options.logprobs:
+            seq.logprob = token_logprob(raw, token, options.top_logprobs, self._token_text)
+        return token
+
+    def _token_text(self, token_id: int) -> str:
+        return str(self.processor.tokenizer.decode([token_id]))
+
+    def _advance_all(self, seqs: list[Sequence]) -> None:
         """Emit each request's new tokens, then keep only unfinished sequences."""
-        by_owner: dict[int, list[_Sequence]] = {}
+        by_owner: dict[int, list[Sequence]] = {}
         for seq in seqs:
             by_owner.setdefault(id(seq.owner), []).append(seq)
         outputs = [
@@ -373,7 +339,7 @@ class TransformersEngine(Engine):
                 logger.debug("finished", extra=for_request(owner.request_id))
             owner.send(output)
 
-    def _advance(self, group: list[_Sequence], prompt_tokens: int) -> EngineOutput:
+    def _advance(self, group: list[Sequence], prompt_tokens: int) -> EngineOutput:
         """Commit each sequence's sampled token into the request's next output.
 
         A finished sequence gets ``next_token = -1``; otherwise ``next_token`` is the input of its
@@ -394,26 +360,25 @@ class TransformersEngine(Engine):
                     text, reason = text + seq.text.flush(), "length"
             if reason:
                 seq.next_token = -1
-            deltas.append(ChoiceDelta(seq.index, text, 1, reason))
+            logprobs = [seq.logprob] if seq.logprob is not None else None
+            deltas.append(ChoiceDelta(seq.index, text, 1, reason, logprobs))
         return EngineOutput(prompt_tokens, deltas)
 
     @staticmethod
-    def _done(seq: _Sequence) -> bool:
+    def _done(seq: Sequence) -> bool:
         return seq.next_token == -1
 
 
 def _refuse_unsupported(options: SamplingOptions) -> None:
-    """A 400 for the options this engine does not implement (vLLM does)."""
-    if options.logprobs or options.top_logprobs:
+    """A 400 for option combinations this engine cannot honour."""
+    if options.top_logprobs and not options.logprobs:
+        raise RequestRejected("top_logprobs requires logprobs to be true.", param="top_logprobs")
+    check_response_format(options.response_format)
+    if options.response_format and (options.ignore_eos or options.min_tokens):
         raise RequestRejected(
-            "logprobs are not supported by the transformers engine; use --engine vllm.",
-            param="logprobs",
-        )
-    if options.response_format and options.response_format.get("type") != "text":
-        raise RequestRejected(
-            "response_format other than text is not supported by the transformers engine; "
-            "use --engine vllm.",
-            param="response_format",
+            "ignore_eos and min_tokens cannot be combined with a JSON response_format on the "
+            "transformers engine: the grammar decides where the output ends.",
+            param="ignore_eos" if options.ignore_eos else "min_tokens",
         )
 
 

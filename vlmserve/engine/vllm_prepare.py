@@ -30,6 +30,7 @@ from vlmserve.engine.base import (
     SamplingDefaults,
 )
 from vlmserve.engine.errors import RequestRejected
+from vlmserve.engine.grammar import ANY_OBJECT, schema_text
 from vlmserve.engine.prepare import Rendered, check_image_count, finish, shared_processor_kwargs
 from vlmserve.models.base import ModelFamily
 
@@ -49,23 +50,12 @@ _MESSAGE_PARAMS = (
 
 def structured_outputs(response_format: Mapping[str, Any] | None) -> StructuredOutputsParams | None:
     """OpenAI's ``response_format`` as vLLM's structured-output constraint."""
-    if response_format is None or response_format.get("type") in (None, "text"):
+    text = schema_text(response_format)
+    if text is None:
         return None
-    kind = response_format["type"]
-    if kind == "json_object":
+    if text == ANY_OBJECT:
         return StructuredOutputsParams(json_object=True)
-    if kind == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema")
-        if not isinstance(schema, dict):
-            raise RequestRejected(
-                "response_format.json_schema.schema must be a JSON Schema object.",
-                param="response_format.json_schema.schema",
-            )
-        return StructuredOutputsParams(json=schema)
-    raise RequestRejected(
-        f"response_format type {kind!r} is not supported; use text, json_object or json_schema.",
-        param="response_format.type",
-    )
+    return StructuredOutputsParams(json=json.loads(text))
 
 
 def param_of(exc: ValueError, sampling: Sampling) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import string
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,9 @@ def train_tokenizer(
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer offline and wrap it for transformers.
 
-    The alphabet is only what the corpus holds (ASCII), so random weights sample readable
-    fragments instead of stray UTF-8 bytes; characters outside it encode as ``unk``.
+    The alphabet is printable ASCII (whatever the corpus holds), so random weights sample
+    readable fragments instead of stray UTF-8 bytes, and every JSON character has a token (a
+    grammar can force any JSON); characters outside it encode as ``unk``.
     """
     tokenizer = Tokenizer(models.BPE(unk_token=unk))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -77,6 +79,7 @@ def train_tokenizer(
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
         special_tokens=special_tokens,
+        initial_alphabet=list(string.printable),
         show_progress=False,
     )
     tokenizer.train_from_iterator(_corpus(), trainer)

@@ -300,6 +300,6 @@ def test_every_planned_vllm_setting_is_an_override() -> None:
     names = vllm_setting_names(planned=True)
     assert {f.name for f in dataclasses.fields(Overrides)} == set(names)
     assert "gpu_memory_utilization" in names and "load_format" not in names
-    assert vllm_setting_names(planned=False) == ("load_format",)
+    assert vllm_setting_names(planned=False) == ("load_format", "enforce_eager")
     values = {"dtype": "float16", "max_num_seqs": 8, "gpu_memory_utilization": 0.5}
     assert Overrides.from_settings(Settings(**values)).given() == values

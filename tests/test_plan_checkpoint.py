@@ -162,9 +162,6 @@ def test_vllm_accepts_the_engine_args_of_a_tiny_folder_plan(
     family: str, tiny_model: Callable[[str], Path]
 ) -> None:
     pytest.importorskip("vllm")
-    from tests import vllm_cpu
-
-    vllm_cpu.install()
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     folder = tiny_model(family)

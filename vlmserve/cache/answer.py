@@ -18,6 +18,7 @@ from vlmserve.api.protocol import (
     completion_id,
     now,
 )
+from vlmserve.api.serving import sse
 
 
 @dataclass
@@ -97,8 +98,3 @@ class CachedAnswer:
         if include_usage:
             yield chunk(None)
         yield "data: [DONE]\n\n"
-
-
-def sse(payload: dict[str, Any]) -> str:
-    """One server-sent event carrying ``payload`` as compact JSON."""
-    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"

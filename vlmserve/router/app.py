@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from vlmserve.api.app import EventStreamResponse
 from vlmserve.api.errors import APIError, BadRequestError, NotFoundError, install_error_handlers
 from vlmserve.api.protocol import ModelCard, ModelList, now
-from vlmserve.cache.answer import sse
+from vlmserve.api.serving import sse
 from vlmserve.cache.keys import image_digest, is_deterministic, request_key
 from vlmserve.cache.lookup import ResponseCache
 from vlmserve.config import Settings

@@ -17,6 +17,10 @@ MODEL="$OUT/llava"
 # --cpu-kv-cache-gib 1), passed to vLLM's server as flags.
 VLLM_ARGS=(--max-model-len 4096 --kv-cache-memory-bytes 1073741824 --skip-mm-profiling
   --limit-mm-per-prompt '{"image": 8, "video": 0}')
+# Job control puts each server in a process group of its own (killed whole by cleanup) inside
+# this session: a server in a new session (setsid) is a CPU group of its own under the kernel's
+# autogroup scheduling, and on 2 cores a busy vLLM engine then starves the benchmark client.
+set -m
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT
@@ -30,7 +34,7 @@ wait_ready() {  # URL
 start() {  # NAME PORT COMMAND...  (returns at once; `ready NAME PORT` waits)
   local name=$1 port=$2
   shift 2
-  setsid "$@" --port "$port" >"$OUT/$name.log" 2>&1 &
+  "$@" --port "$port" >"$OUT/$name.log" 2>&1 &
   pids+=($!)
 }
 

@@ -142,8 +142,11 @@ def start_server(
         stdout=log,
         stderr=subprocess.STDOUT,
         # Its own process group: a server that never gets ready is killed with its engine
-        # processes (vLLM's engine core and worker), whatever interrupts the wait.
-        start_new_session=True,
+        # processes (vLLM's engine core and worker), whatever interrupts the wait. Not its own
+        # session: with the kernel's autogroup scheduling a new session is a new CPU group, and
+        # on 2 cores vLLM's busy engine then starved this test process for seconds at a time
+        # (1-2 /metrics polls in 7 s, against 29 in the same session).
+        process_group=0,
     )
     try:
         return _wait_until_ready(process, port, log_path, timeout)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -443,56 +444,36 @@ async def stream_one(
     return text, reason
 
 
-async def most_running(server: ServerProcess, done: asyncio.Event) -> float:
-    """The highest ``vlmserve_requests_running`` (the engine's last step) seen until ``done``."""
-    seen = 0.0
-    async with httpx.AsyncClient() as http:
-        while not done.is_set():
-            for line in (await http.get(f"{server.url}/metrics")).text.splitlines():
-                if line.startswith("vlmserve_requests_running "):
-                    seen = max(seen, float(line.split()[1]))
-            await asyncio.sleep(0.02)
-    return seen
+def step_sizes(server: ServerProcess) -> tuple[float, float]:
+    """``vlmserve_engine_step_requests``: (engine steps, requests summed over those steps)."""
+    values = {}
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith("vlmserve_engine_step_requests_") and "bucket" not in line:
+            name, value = line.split()
+            values[name.rsplit("_", 1)[1]] = float(value)
+    return values["count"], values["sum"]
 
 
-def test_eight_concurrent_streams_are_batched(
-    family_server: tuple[str, ServerProcess], request: pytest.FixtureRequest
-) -> None:
-    """Continuous batching shown, not assumed: under 8 concurrent streams the engine reports more
-    than one request in the same step, and the 8 finish in well under 8 times one request's time
-    (a loose ratio measured in this same run: a behaviour check, not a speed target)."""
+def test_eight_concurrent_streams_are_batched(family_server: tuple[str, ServerProcess]) -> None:
+    """Continuous batching shown, not assumed: while 8 streams run, the engine's steps decode
+    several requests each on average (its step histogram, read before and after, so the check
+    does not depend on this process polling at the right moment)."""
     _, server = family_server
-    if server.engine == "vllm":
-        # On an idle 2-core machine vLLM's CPU build reported at most 1 running request for the
-        # tiny LLaVA's text requests (more than 1 for InternVL-2, and for LLaVA under load); not
-        # traced yet: kept visible as an xfail rather than dropped.
-        request.applymarker(
-            pytest.mark.xfail(reason="vLLM CPU build: running count not above 1 for tiny LLaVA")
-        )
     # vLLM decodes the tiny models so fast that 256-token requests may not overlap in a step.
     tokens = 1024 if server.engine == "vllm" else 256
 
-    async def main() -> tuple[list[tuple[str, str | None]], float, float, float]:
+    async def main() -> list[tuple[str, str | None]]:
         api = openai.AsyncOpenAI(base_url=server.base_url, api_key="x", max_retries=0)
-        await stream_one(api, server.model, 0, tokens)  # warm-up: first requests pay once
-        start = time.perf_counter()
-        await stream_one(api, server.model, 0, tokens)
-        alone = time.perf_counter() - start
-        done = asyncio.Event()
-        watcher = asyncio.create_task(most_running(server, done))
-        start = time.perf_counter()
-        results = await asyncio.gather(
-            *(stream_one(api, server.model, i, tokens) for i in range(8))
-        )
-        together = time.perf_counter() - start
-        done.set()
-        return results, alone, together, await watcher
+        return await asyncio.gather(*(stream_one(api, server.model, i, tokens) for i in range(8)))
 
-    results, alone, together, running = asyncio.run(main())
+    steps_before, requests_before = step_sizes(server)
+    results = asyncio.run(main())
+    steps, requests = step_sizes(server)
     assert [reason for _, reason in results] == ["length"] * 8
     assert all(text for text, _ in results)
-    assert running > 1
-    assert together < 5 * alone, (alone, together)
+    # Alone, each step would decode 1 request; 8 overlapping streams average well above that.
+    occupancy = (requests - requests_before) / (steps - steps_before)
+    assert occupancy > 2, occupancy
 
 
 def wait_for_idle(server: ServerProcess, timeout: float = 15) -> float:
@@ -518,35 +499,63 @@ def long_request(server: ServerProcess, stream: bool) -> dict:
     }
 
 
+def aborted_after(server: ServerProcess) -> list[int]:
+    """The completion-token counts of the requests the server's log says it aborted."""
+    found = re.findall(r"request aborted in the engine after (\d+) completion tokens", server.log())
+    return [int(n) for n in found]
+
+
 def test_disconnect_mid_stream_aborts_the_engine_request(
     family_server: tuple[str, ServerProcess],
 ) -> None:
+    """Closing a stream a few events in aborts its request well short of ``max_tokens``.
+
+    Read from the server's log rather than by polling ``/metrics`` while the stream runs: on a
+    2-core machine with vLLM's engine busy, this test process can wait seconds for a CPU
+    (measured: 6.5 s in the run queue), long enough for a fast engine to finish the request.
+    """
     _, server = family_server
+    body = long_request(server, stream=True)
+    before = len(aborted_after(server))
     with httpx.stream(
-        "POST",
-        server.base_url + "/chat/completions",
-        json=long_request(server, stream=True),
-        timeout=30,
+        "POST", server.base_url + "/chat/completions", json=body, timeout=30
     ) as response:
         lines = response.iter_lines()
         for _ in range(5):
             next(lines)
-        assert server.metric("vlmserve_requests_running") == 1
     assert wait_for_idle(server) == 0
+    aborted = aborted_after(server)[before:]
+    assert len(aborted) == 1, server.log()[-2000:]
+    assert 0 < aborted[0] < body["max_tokens"]
 
 
 def test_disconnect_while_waiting_aborts_non_streaming(
     family_server: tuple[str, ServerProcess],
 ) -> None:
+    """A client that hangs up on a non-streaming request, once the engine runs it, stops it.
+
+    A raw socket closes at once when the engine reports the request running; a client timeout
+    would need this process to be scheduled on time, which a busy 2-core machine does not
+    promise (see the streaming test above).
+    """
     _, server = family_server
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(
-            server.base_url + "/chat/completions",
-            json=long_request(server, stream=False),
-            timeout=1,
+    body = json.dumps(long_request(server, stream=False)).encode()
+    before = len(aborted_after(server))
+    with socket.create_connection(("127.0.0.1", server.port)) as conn:
+        conn.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\n"
+            b"Content-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
         )
+        deadline = time.monotonic() + 60
+        while server.metric("vlmserve_requests_running") < 1:
+            assert time.monotonic() < deadline, "the request never started"
+            time.sleep(0.05)
     assert wait_for_idle(server) == 0
     assert "client disconnected" in server.log()
+    aborted = aborted_after(server)[before:]
+    assert len(aborted) == 1 and aborted[0] < long_request(server, stream=False)["max_tokens"]
 
 
 def test_catalogue_name_serves_from_the_hf_cache_offline(tiny_model, tmp_path) -> None:

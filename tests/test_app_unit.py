@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator
 from fastapi.testclient import TestClient
 
 from vlmserve.api.app import create_app
+from vlmserve.api.metrics import Metrics
 from vlmserve.config import Settings
 from vlmserve.engine.base import (
     ChoiceDelta,
@@ -24,6 +25,7 @@ from vlmserve.engine.base import (
     PreparedRequest,
     RequestLimits,
     SamplingDefaults,
+    StepSizes,
     TokenLogprob,
 )
 from vlmserve.engine.errors import EngineStopping, RequestRejected
@@ -187,3 +189,20 @@ def test_unset_knobs_fall_back_and_max_tokens_is_capped_by_the_context() -> None
         assert too_long.status_code == 400
         assert too_long.json()["error"]["code"] == "context_length_exceeded"
         assert too_long.json()["error"]["param"] == "messages"
+
+
+def test_step_sizes_render_as_a_cumulative_histogram() -> None:
+    """Each engine step's batch size lands in a power-of-two bucket; idle steps are not counted."""
+    sizes = StepSizes()
+    for requests in (0, 1, 3, 8, 600):
+        sizes.observe(requests)
+    text = Metrics(lambda: EngineStats(1, 0, step_sizes=sizes)).render().decode()
+    buckets = {
+        line.split('le="')[1].split('"')[0]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("vlmserve_engine_step_requests_bucket")
+    }
+    assert (buckets["1.0"], buckets["2.0"], buckets["4.0"], buckets["8.0"]) == (1, 1, 2, 3)
+    assert (buckets["512.0"], buckets["+Inf"]) == (3, 4)
+    assert "vlmserve_engine_step_requests_count 4.0" in text
+    assert "vlmserve_engine_step_requests_sum 612.0" in text

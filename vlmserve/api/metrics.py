@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from vlmserve.engine.base import EngineStats
@@ -19,7 +19,7 @@ class _EngineCollector(Collector):
     def __init__(self, stats: Callable[[], EngineStats | None]) -> None:
         self._stats = stats
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | HistogramMetricFamily]:
         stats = self._stats()
         if stats is None:
             return
@@ -34,6 +34,13 @@ class _EngineCollector(Collector):
                 "vlmserve_kv_cache_usage_ratio",
                 "Share of the KV cache in use.",
                 stats.kv_cache_usage,
+            )
+        if stats.step_sizes is not None:
+            yield HistogramMetricFamily(
+                "vlmserve_engine_step_requests",
+                "Requests decoded together in each engine step (batch occupancy).",
+                buckets=stats.step_sizes.cumulative(),
+                sum_value=stats.step_sizes.total,
             )
 
 

@@ -96,6 +96,7 @@ class Generation:
         self._endpoint = endpoint
         self._on_usage = on_usage
         self._first: EngineOutput | None = None
+        self._finished = False
         self._closed = False
 
     async def collect(self) -> Tally:
@@ -104,6 +105,7 @@ class Generation:
             async with deadline_scope(self._deadline):
                 async for output in self._outputs:
                     self.tally.add(output)
+            self._finished = True
         finally:
             await self.close()
         self._record()
@@ -127,6 +129,7 @@ class Generation:
                 yield output
                 async with deadline_scope(self._deadline):
                     output = await anext(self._outputs, None)
+            self._finished = True
             self._record()
         finally:
             await self.close()
@@ -148,6 +151,11 @@ class Generation:
             return
         self._closed = True
         await self._outputs.aclose()
+        if not self._finished:
+            logger.info(
+                "request aborted in the engine after %d completion tokens",
+                self.tally.completion_tokens,
+            )
         if self._on_usage is not None:
             self._on_usage(self.tally.total_tokens)
 

@@ -199,6 +199,37 @@ class EngineOutput:
     deltas: list[ChoiceDelta] = field(default_factory=list)
 
 
+class StepSizes:
+    """How many requests each engine step decoded together: continuous batching's occupancy.
+
+    A cumulative histogram read at scrape time, so a test or a dashboard sees every step, not
+    only the steps that happened to be running when it looked. Bucket bounds are powers of two.
+    """
+
+    BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(self.BOUNDS) + 1)
+        self.total = 0
+
+    def observe(self, requests: int) -> None:
+        """Count one step that decoded ``requests`` requests (idle steps are not counted)."""
+        if requests <= 0:
+            return
+        index = next((i for i, bound in enumerate(self.BOUNDS) if requests <= bound), -1)
+        self.counts[index] += 1
+        self.total += requests
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """``(le, steps)`` pairs in Prometheus order, ending with ``+Inf``."""
+        pairs, seen = [], 0
+        bounds = (*(str(float(b)) for b in self.BOUNDS), "+Inf")
+        for bound, count in zip(bounds, self.counts, strict=True):
+            seen += count
+            pairs.append((bound, seen))
+        return pairs
+
+
 @dataclass
 class EngineStats:
     """Point-in-time engine state for /metrics and tests."""
@@ -206,6 +237,7 @@ class EngineStats:
     running: int
     waiting: int
     kv_cache_usage: float | None = None
+    step_sizes: StepSizes | None = None
 
 
 class Engine(abc.ABC):

@@ -31,6 +31,7 @@ from vlmserve.engine.base import (
     PreparedRequest,
     RequestLimits,
     SamplingOptions,
+    StepSizes,
 )
 from vlmserve.engine.errors import EngineFailed, EngineStopping, RequestRejected
 from vlmserve.engine.grammar import (
@@ -81,6 +82,7 @@ class TransformersEngine(Engine):
         self._max_len = 0
         self._pending: collections.deque[Request] = collections.deque()
         self._running: list[Sequence] = []
+        self._step_sizes = StepSizes()
         self._batch: Batch | None = None
         self._aborted: set[str] = set()
         self._lock = threading.Condition()
@@ -182,7 +184,9 @@ class TransformersEngine(Engine):
         """Requests decoding now, and requests queued for a prefill."""
         with self._lock:
             running = len({id(s.owner) for s in self._running})
-            return EngineStats(running=running, waiting=len(self._pending))
+            return EngineStats(
+                running=running, waiting=len(self._pending), step_sizes=self._step_sizes
+            )
 
     # -- the worker thread --------------------------------------------------------------------
 
@@ -282,6 +286,7 @@ class TransformersEngine(Engine):
 
     def _decode_step(self) -> None:
         seqs = list(self._running)
+        self._step_sizes.observe(len({id(s.owner) for s in seqs}))
         batch = self._batch
         if batch is None or [id(s) for s in batch.seqs] != [id(s) for s in seqs]:
             if batch is not None:

@@ -37,6 +37,7 @@ from vlmserve.engine.base import (
     PreparedRequest,
     RequestLimits,
     SamplingDefaults,
+    StepSizes,
     TokenLogprob,
 )
 from vlmserve.engine.errors import EngineFailed, RequestRejected
@@ -147,10 +148,12 @@ def engine_output(output: RequestOutput, top_n: int) -> EngineOutput:
 
 
 class SchedulerSnapshot:
-    """The latest scheduler numbers per engine core, written by :class:`SnapshotStatLogger`."""
+    """The latest scheduler numbers per engine core, and every step's batch size, written by
+    :class:`SnapshotStatLogger`."""
 
     def __init__(self) -> None:
         self.by_engine: dict[int, SchedulerStats] = {}
+        self.step_sizes = StepSizes()
 
     def stats(self) -> EngineStats:
         """Running and waiting requests summed over engine cores, the fullest KV cache."""
@@ -159,6 +162,7 @@ class SchedulerSnapshot:
             running=sum(s.num_running_reqs for s in snapshots),
             waiting=sum(s.num_waiting_reqs for s in snapshots),
             kv_cache_usage=max((s.kv_cache_usage for s in snapshots), default=None),
+            step_sizes=self.step_sizes,
         )
 
 
@@ -179,6 +183,7 @@ class SnapshotStatLogger(StatLoggerBase):
         """Keep the scheduler's numbers; vLLM calls this after every engine step."""
         if scheduler_stats is not None:
             self.snapshot.by_engine[engine_idx] = scheduler_stats
+            self.snapshot.step_sizes.observe(scheduler_stats.num_running_reqs)
 
     def log_engine_initialized(self) -> None:
         """Nothing to log: vlmserve reads the snapshot."""
@@ -292,6 +297,11 @@ class VLLMEngine(Engine):
         in the front end) reports zero rather than its last busy step.
         """
         if self._llm is None or not self._llm.output_processor.has_unfinished_requests():
-            usage = self._snapshot.stats().kv_cache_usage
-            return EngineStats(running=0, waiting=0, kv_cache_usage=usage)
+            idle = self._snapshot.stats()
+            return EngineStats(
+                running=0,
+                waiting=0,
+                kv_cache_usage=idle.kv_cache_usage,
+                step_sizes=idle.step_sizes,
+            )
         return self._snapshot.stats()

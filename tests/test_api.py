@@ -446,12 +446,8 @@ async def stream_one(
 
 def step_sizes(server: ServerProcess) -> tuple[float, float]:
     """``vlmserve_engine_step_requests``: (engine steps, requests summed over those steps)."""
-    values = {}
-    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
-        if line.startswith("vlmserve_engine_step_requests_") and "bucket" not in line:
-            name, value = line.split()
-            values[name.rsplit("_", 1)[1]] = float(value)
-    return values["count"], values["sum"]
+    name = "vlmserve_engine_step_requests"
+    return server.metric(f"{name}_count"), server.metric(f"{name}_sum")
 
 
 def test_eight_concurrent_streams_are_batched(family_server: tuple[str, ServerProcess]) -> None:
@@ -539,7 +535,8 @@ def test_disconnect_while_waiting_aborts_non_streaming(
     promise (see the streaming test above).
     """
     _, server = family_server
-    body = json.dumps(long_request(server, stream=False)).encode()
+    request = long_request(server, stream=False)
+    body = json.dumps(request).encode()
     before = len(aborted_after(server))
     with socket.create_connection(("127.0.0.1", server.port)) as conn:
         conn.sendall(
@@ -555,7 +552,7 @@ def test_disconnect_while_waiting_aborts_non_streaming(
     assert wait_for_idle(server) == 0
     assert "client disconnected" in server.log()
     aborted = aborted_after(server)[before:]
-    assert len(aborted) == 1 and aborted[0] < long_request(server, stream=False)["max_tokens"]
+    assert len(aborted) == 1 and aborted[0] < request["max_tokens"]
 
 
 def test_catalogue_name_serves_from_the_hf_cache_offline(tiny_model, tmp_path) -> None:

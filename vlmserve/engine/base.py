@@ -14,6 +14,7 @@ inside the engine.
 from __future__ import annotations
 
 import abc
+import bisect
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -216,8 +217,7 @@ class StepSizes:
         """Count one step that decoded ``requests`` requests (idle steps are not counted)."""
         if requests <= 0:
             return
-        index = next((i for i, bound in enumerate(self.BOUNDS) if requests <= bound), -1)
-        self.counts[index] += 1
+        self.counts[bisect.bisect_left(self.BOUNDS, requests)] += 1
         self.total += requests
 
     def cumulative(self) -> list[tuple[str, int]]:

@@ -297,11 +297,5 @@ class VLLMEngine(Engine):
         in the front end) reports zero rather than its last busy step.
         """
         if self._llm is None or not self._llm.output_processor.has_unfinished_requests():
-            idle = self._snapshot.stats()
-            return EngineStats(
-                running=0,
-                waiting=0,
-                kv_cache_usage=idle.kv_cache_usage,
-                step_sizes=idle.step_sizes,
-            )
+            return dataclasses.replace(self._snapshot.stats(), running=0, waiting=0)
         return self._snapshot.stats()

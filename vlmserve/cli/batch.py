@@ -134,6 +134,8 @@ async def _run_all(
         print(f"resuming: {len(done)} lines already in {args.output}", file=sys.stderr)
     await engine.start()
     handler = ChatHandler(engine, settings, model_id, Metrics(lambda: None))
+    # The image workers start before the clock does, as the server starts them before it is ready.
+    await asyncio.gather(*map(asyncio.wrap_future, handler.reader.images.start()))
     try:
         with args.output.open("a", encoding="utf-8") as out:
             if fresh:
@@ -141,6 +143,7 @@ async def _run_all(
             tally = _Tally()
             await _run_lines(handler, args, todo, out, tally, settings.request_timeout_seconds)
     finally:
+        handler.reader.images.close()
         await engine.shutdown()
     return tally
 

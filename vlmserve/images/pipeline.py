@@ -16,7 +16,7 @@ import logging
 import multiprocessing
 import os
 from collections.abc import Coroutine, Hashable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -130,13 +130,16 @@ class ImagePipeline:
         self.urls = UrlCache(URL_CACHE_ENTRIES if cache_bytes else 0)
         self._pool: ProcessPoolExecutor | None = None
 
-    def start(self) -> None:
-        """Start the worker processes now, so the first request does not wait for them."""
-        if self.workers and self._pool is None:
-            context = multiprocessing.get_context("spawn")  # no fork of a threaded server
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
-            for _ in range(self.workers):
-                self._pool.submit(os.getpid)
+    def start(self) -> list[Future[int]]:
+        """Start the worker processes now, so the first request does not wait for them.
+
+        Returns one future per worker, done once that worker runs (none if already started).
+        """
+        if not self.workers or self._pool is not None:
+            return []
+        context = multiprocessing.get_context("spawn")  # no fork of a threaded server
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+        return [self._pool.submit(os.getpid) for _ in range(self.workers)]
 
     def close(self) -> None:
         """Stop the worker processes."""

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # vLLM's own caches on its CPU build: time to first token when every request brings a new image
 # (run "fresh") against the same image and prompt prefix every time (run "repeat"). The response
-# cache is off, so every request runs the model; what the repeat saves is vLLM's prefix cache (KV
-# blocks of the shared prefix, image included) and its multimodal processor cache.
+# cache and vlmserve's decoded-image cache are off, so every request decodes and runs the model;
+# what the repeat saves is vLLM's prefix cache (KV blocks of the shared prefix, image included)
+# and its multimodal processor cache.
 #   bash benchmarks/router/vllm_repeat_ttft_cpu.sh CHECKPOINT OUT_DIR
 # CHECKPOINT: a tiny checkpoint that vLLM's CPU build serves (vlmserve tiny-model FAMILY DIR).
 set -euo pipefail
@@ -12,7 +13,7 @@ OUT="${2:?usage: vllm_repeat_ttft_cpu.sh CHECKPOINT OUT_DIR}"
 mkdir -p "$OUT"
 PY=.venv/bin/python
 PORT=18611
-VLLM_CPU_KVCACHE_SPACE=1 VLMSERVE_RESPONSE_CACHE=false \
+VLLM_CPU_KVCACHE_SPACE=1 VLMSERVE_RESPONSE_CACHE=false VLMSERVE_IMAGE_CACHE_BYTES=0 \
   $PY -m vlmserve.cli.main serve --engine vllm --model "$CKPT" --served-model-name tiny \
   --port $PORT >"$OUT/server.log" 2>&1 &
 pid=$!

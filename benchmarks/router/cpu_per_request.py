@@ -1,0 +1,157 @@
+"""The router's own CPU cost per request, apart from any model: `vlmserve route` in front of a
+stub OpenAI backend that answers at once (16 streamed content chunks and a usage chunk), driven by
+`vlmserve bench`, reading each process's CPU time from /proc before and after.
+
+On a machine where router and backends share cores, this cost is taken from the backends; on a
+GPU node it is what one router core can carry (1000 / ms per request = requests/s per core).
+
+    .venv/bin/python benchmarks/router/cpu_per_request.py [--requests 400] [--concurrency 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tests.helpers import free_port  # noqa: E402
+
+CHUNKS = 16
+USAGE = {"prompt_tokens": 600, "completion_tokens": CHUNKS, "total_tokens": 600 + CHUNKS}
+
+
+def stub_app() -> object:
+    """An OpenAI-shaped chat endpoint that does no work (what the router adds is all that costs)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    def event(choices: list[dict[str, object]], **extra: object) -> str:
+        data = {"id": "stub", "object": "chat.completion.chunk", "created": 0, "model": "stub"}
+        return f"data: {json.dumps({**data, 'choices': choices, **extra})}\n\n"
+
+    async def chat(request: Request) -> Response:
+        body = await request.json()
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": " tok" * CHUNKS}
+            choice = {"index": 0, "message": message, "finish_reason": "length"}
+            answer = {"id": "stub", "object": "chat.completion", "created": 0, "model": "stub"}
+            return JSONResponse({**answer, "choices": [choice], "usage": USAGE})
+
+        async def events():  # type: ignore[no-untyped-def]
+            yield event([{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}])
+            for _ in range(CHUNKS):
+                yield event([{"index": 0, "delta": {"content": " tok"}, "finish_reason": None}])
+            yield event([{"index": 0, "delta": {}, "finish_reason": "length"}])
+            yield event([], usage=USAGE)
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": "stub", "object": "model"}]})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/models", models),
+            Route("/health", health),
+        ]
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_healthy(url: str) -> None:
+    for _ in range(300):
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"not healthy: {url}")
+
+
+def bench(base_url: str, args: argparse.Namespace, out: Path) -> dict[str, object]:
+    command = [
+        sys.executable, "-m", "vlmserve.cli.main", "bench", "--base-url", base_url,
+        "--model", "stub", "--image-size", "336x336", "--output-tokens", str(CHUNKS),
+        "--concurrency", str(args.concurrency), "--num-requests", str(args.requests),
+        "--warmup", "8", "--no-progress", "--out", str(out),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True)
+    summary: dict[str, object] = json.loads((out / "bench.json").read_text())["summary"][0]
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--stub", type=int, help=argparse.SUPPRESS)  # internal: serve the stub
+    args = parser.parse_args()
+    if args.stub:
+        import uvicorn
+
+        uvicorn.run(stub_app(), host="127.0.0.1", port=args.stub, log_level="warning")  # type: ignore[arg-type]
+        return
+    stub_port, router_port = free_port(), free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "router.yaml"
+        config.write_text(
+            "tiers: [cheap]\nbackends:\n  - model: stub\n    tier: cheap\n"
+            f"    api_base: http://127.0.0.1:{stub_port}/v1\n    price: {{per_1k_images: 0.25}}\n"
+        )
+        stub = subprocess.Popen([sys.executable, __file__, "--stub", str(stub_port)])
+        router = subprocess.Popen(
+            [sys.executable, "-m", "vlmserve.cli.main", "route", "--config", str(config)]
+            + ["--port", str(router_port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_healthy(f"http://127.0.0.1:{stub_port}/health")
+            wait_healthy(f"http://127.0.0.1:{router_port}/health")
+            print("| target | req/s | router ms CPU/request | stub ms CPU/request |")
+            print("|---|---|---|---|")
+            for name, port in (("stub directly", stub_port), ("router -> stub", router_port)):
+                before = cpu_seconds(router.pid), cpu_seconds(stub.pid)
+                summary = bench(f"http://127.0.0.1:{port}/v1", args, Path(tmp) / name)
+                after = cpu_seconds(router.pid), cpu_seconds(stub.pid)
+                # Warm-up requests ran too: divide by everything sent.
+                sent = args.requests + 8
+                router_ms, stub_ms = (
+                    (a - b) * 1000 / sent for a, b in zip(after, before, strict=True)
+                )
+                print(
+                    f"| {name} | {summary['requests_per_second']:.1f} | {router_ms:.2f} "
+                    f"| {stub_ms:.2f} |",
+                    flush=True,
+                )
+        finally:
+            for process in (router, stub):
+                process.terminate()
+                process.wait(30)
+
+
+if __name__ == "__main__":
+    main()

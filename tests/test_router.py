@@ -196,6 +196,39 @@ def test_the_router_caches_repeats(stack: dict[str, ServerProcess]) -> None:
     assert again.parse().model == CAPABLE
 
 
+def test_litellms_own_call_path_answers_the_same(
+    stack: dict[str, ServerProcess], tmp_path: Path
+) -> None:
+    """Least-busy routing needs LiteLLM to see each call, so it takes LiteLLM's whole path
+    (``acompletion``) instead of the relay: same answers, same shapes."""
+    config = json.loads((Path(stack["router"].log_path).parent / "router.yaml").read_text())
+    path = tmp_path / "least-busy.yaml"
+    path.write_text(json.dumps({**config, "routing_strategy": "least-busy"}))
+    router = start_router(path, tmp_path / "least-busy.log")
+    try:
+        api = client(router)
+        whole = api.chat.completions.with_raw_response.create(
+            model="auto", messages=messages("Read this table."), max_tokens=3
+        )
+        assert whole.parse().model == CAPABLE and whole.headers["x-vlmserve-tier"] == "capable"
+        chunks = list(
+            api.chat.completions.create(
+                model=CHEAP,
+                messages=messages("Describe."),
+                max_tokens=4,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body={"ignore_eos": True},
+            )
+        )
+        assert {c.model for c in chunks} == {CHEAP}
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+        with pytest.raises(openai.NotFoundError):
+            api.chat.completions.create(model="nope", messages=messages("Hi."))
+    finally:
+        router.stop()
+
+
 def test_killing_a_backend_mid_load_loses_no_request(stack: dict[str, ServerProcess]) -> None:
     """Runs last: it kills the cheap backend; its requests fall back to the capable one."""
     api = client(stack["router"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -130,14 +131,14 @@ async def _body(request: Request) -> dict[str, Any]:
 
 
 async def _events(
-    state: RouterState, stream: Any, backend: Backend, images: int
+    state: RouterState, stream: AsyncIterator[dict[str, Any]], backend: Backend, images: int
 ) -> AsyncIterator[str]:
-    """A LiteLLM stream as OpenAI server-sent events, with the answering backend as ``model``."""
+    """A backend's stream as OpenAI server-sent events, with the answering backend as ``model``."""
     usage = None
     try:
-        async for chunk in stream:
-            data = chunk.model_dump(exclude_none=True)
-            data["model"] = backend.model
+        async for data in stream:
+            if "error" not in data:
+                data["model"] = backend.model
             usage = data.get("usage") or usage
             yield sse(data)
         state.stats.answered(backend, images, usage)
@@ -151,7 +152,13 @@ async def _events(
 def create_router_app(settings: Settings, config: RouterConfig) -> FastAPI:
     """The router's application."""
     state = RouterState(settings, config)
-    app = FastAPI(title="vlmserve router", version="0.1.0")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await state.backends.aclose()
+
+    app = FastAPI(title="vlmserve router", version="0.1.0", lifespan=lifespan)
     app.state.router = state
     install_error_handlers(app)
 
@@ -177,10 +184,11 @@ def create_router_app(settings: Settings, config: RouterConfig) -> FastAPI:
             "X-Vlmserve-Backend": answered.model,
             "X-Vlmserve-Tier": answered.tier,
         }
-        if body.get("stream"):
+        if isinstance(response, dict):
+            data = response
+        else:
             events = _events(state, response, answered, images)
             return EventStreamResponse(cached.record_stream(events, include_usage), headers)
-        data = response.model_dump(exclude_none=True)
         data["model"] = answered.model
         state.stats.answered(answered, images, data.get("usage"))
         await cached.record(data)

@@ -1,10 +1,19 @@
 """The backends behind LiteLLM's Router: deployments, fallbacks, cooldowns, and error mapping.
 
 Each backend model is one LiteLLM model group with a deployment per endpoint (its replicas), so
-LiteLLM picks among replicas with the configured strategy, cools down an endpoint that fails,
-retries on another replica of the group, then walks the fallback list: the same tier by price,
-then the tiers above. The router only turns a request into LiteLLM's call and the outcome back
-into OpenAI's shape.
+LiteLLM picks among replicas with the configured strategy and cools down an endpoint that fails;
+a failed request is retried, then walks the fallback list: the same tier by price, then the tiers
+above.
+
+Two ways to call, one outcome. LiteLLM's whole call path (``acompletion``: its retries and
+fallbacks, protocol translation for hosted providers, a typed object per streamed chunk) costs
+about 30 ms of CPU per request, which caps one router core near 30 requests/s, below what one GPU
+node serves. So where every backend a request may reach speaks OpenAI's protocol (vlmserve, vLLM,
+OpenAI itself) and the strategy is simple-shuffle, the router *relays*: LiteLLM still picks the
+endpoint (``select``) and keeps the cooldowns (``record_failure``), while the request goes out as
+its own bytes over one pooled HTTP client, and retries and fallbacks follow the same order as
+LiteLLM's. Other strategies (least-busy and latency routing need LiteLLM to see each call) and
+other providers take LiteLLM's path. Both return OpenAI-shaped dicts.
 """
 
 from __future__ import annotations
@@ -15,9 +24,13 @@ import os
 # the router must start offline and quickly, and keeps its own prices in router.yaml.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+import json  # noqa: E402
 import logging  # noqa: E402
+from collections.abc import AsyncIterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
+import httpx  # noqa: E402
 import litellm  # noqa: E402
 import openai  # noqa: E402
 from openai.types.chat.completion_create_params import CompletionCreateParamsBase  # noqa: E402
@@ -34,9 +47,34 @@ litellm.telemetry = False
 _NAMED = {*CompletionCreateParamsBase.__annotations__, "stream"} - {"model", "messages", "metadata"}
 
 
+#: LiteLLM's prefix for OpenAI-protocol endpoints, and where OpenAI's own is.
+OPENAI_PREFIX = "openai/"
+OPENAI_BASE = "https://api.openai.com/v1"
+#: A relayed backend answer that is a failure to retry or fall back from, not the client's error.
+_FAILURE_STATUS = {408, 429}
+
+#: An answer: the completion, or its stream of chunks, as OpenAI's JSON.
+Answer = dict[str, Any] | AsyncIterator[dict[str, Any]]
+
+
 def deployment_id(backend: Backend, index: int) -> str:
     """LiteLLM's id for a backend's ``index``-th endpoint."""
     return f"{backend.model}#{index}"
+
+
+def speaks_openai(backend: Backend) -> bool:
+    """Whether the backend takes OpenAI's requests as they are (no provider translation)."""
+    return backend.litellm_model is None or backend.litellm_model.startswith(OPENAI_PREFIX)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a relayed request for one deployment goes."""
+
+    backend: Backend
+    url: str
+    headers: dict[str, str]
+    upstream_model: str
 
 
 class Backends:
@@ -45,6 +83,8 @@ class Backends:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
         self.by_deployment: dict[str, Backend] = {}
+        self.endpoints: dict[str, Endpoint] = {}
+        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=None))
         model_list = []
         for backend in config.backends:
             # The OpenAI client needs some key; a vlmserve without keys ignores it.
@@ -60,6 +100,13 @@ class Backends:
                     params["api_base"] = base
                 ident = deployment_id(backend, index)
                 self.by_deployment[ident] = backend
+                if speaks_openai(backend):
+                    self.endpoints[ident] = Endpoint(
+                        backend,
+                        f"{(base or OPENAI_BASE).rstrip('/')}/chat/completions",
+                        {"Authorization": f"Bearer {key}"},
+                        (backend.litellm_model or backend.model).removeprefix(OPENAI_PREFIX),
+                    )
                 model_list.append(
                     {
                         "model_name": backend.model,
@@ -81,16 +128,103 @@ class Backends:
             enable_weighted_failover=config.routing_strategy == "simple-shuffle",
         )
 
-    async def chat(self, backend: Backend, body: dict[str, Any]) -> tuple[Backend, Any]:
+    async def chat(self, backend: Backend, body: dict[str, Any]) -> tuple[Backend, Answer]:
         """Send a chat request to ``backend`` (or its fallbacks): the one that answered, and its
-        answer (a LiteLLM response, or its stream when ``body['stream']``)."""
+        answer (a stream of chunks when ``body['stream']``, with usage at the end)."""
+        if body.get("stream"):
+            # Usage always: it is counted and cached; the app drops it unless the client asked.
+            options = {**(body.get("stream_options") or {}), "include_usage": True}
+            body = {**body, "stream_options": options}
+        if self.relays(backend):
+            return await self._relay(backend, body)
+        return await self._litellm(backend, body)
+
+    def chain(self, backend: Backend) -> list[Backend]:
+        """The backend, then its fallbacks in order."""
+        fallbacks = (self.config.backend(name) for name in self.config.fallbacks(backend))
+        return [backend, *(b for b in fallbacks if b is not None)]
+
+    def relays(self, backend: Backend) -> bool:
+        """Whether requests for ``backend`` take the relay (see the module's docstring)."""
+        return self.config.routing_strategy == "simple-shuffle" and all(
+            speaks_openai(b) for b in self.chain(backend)
+        )
+
+    async def _relay(self, backend: Backend, body: dict[str, Any]) -> tuple[Backend, Answer]:
+        """The relay: LiteLLM picks each endpoint and keeps cooldowns, the bytes go out here."""
+        for candidate in self.chain(backend):
+            # Each replica once (a failed one cools down, so the next pick is another), plus the
+            # configured retries, before the next fallback.
+            for _ in range(len(candidate.api_bases) + self.config.num_retries):
+                try:
+                    picked = await self.router.select(candidate.model)
+                except Exception:  # noqa: BLE001 (every endpoint of the model is cooling down)
+                    break
+                assert isinstance(picked, dict)
+                ident = str(picked["model_info"]["id"])
+                endpoint = self.endpoints[ident]
+                sent = {**body, "model": endpoint.upstream_model}
+                request = self.http.build_request(
+                    "POST",
+                    endpoint.url,
+                    json=sent,
+                    headers=endpoint.headers,
+                    timeout=candidate.timeout_seconds,
+                )
+                try:
+                    response = await self.http.send(request, stream=bool(body.get("stream")))
+                except httpx.TransportError as exc:
+                    self._failed(ident, exc)
+                    continue
+                if response.status_code < 400:
+                    if body.get("stream"):
+                        return candidate, self._chunks(response, ident)
+                    await response.aread()
+                    return candidate, response.json()
+                await response.aread()
+                status = response.status_code
+                if status < 500 and status not in _FAILURE_STATUS:
+                    error = _passed_through(response, status, response.text[:500])
+                    error.routed_to = backend.model
+                    raise error
+                self._failed(ident, response)
+        raise self._unavailable(backend)
+
+    async def _chunks(self, response: httpx.Response, ident: str) -> AsyncIterator[dict[str, Any]]:
+        """A relayed stream's chunks (a backend that breaks mid-stream is reported, then raised)."""
+        try:
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                yield json.loads(data)
+        except httpx.TransportError as exc:
+            self._failed(ident, exc)
+            raise
+        finally:
+            await response.aclose()
+
+    def _failed(self, ident: str, outcome: httpx.Response | httpx.TransportError) -> None:
+        """Tell LiteLLM an endpoint failed, in its own exception types, so it cools the endpoint
+        down as on its own path. An endpoint that cannot be reached counts as unavailable (503)."""
+        backend = self.by_deployment[ident]
+        if isinstance(outcome, httpx.Response):
+            status, reason = outcome.status_code, f"{outcome.status_code} {outcome.text[:200]}"
+        else:
+            status, reason = 503, type(outcome).__name__
+        logger.warning("endpoint %s failed: %s", ident, reason)
+        kind = litellm.RateLimitError if status == 429 else litellm.ServiceUnavailableError
+        error = kind(message=reason, llm_provider="openai", model=backend.model)
+        self.router.health().record_failure(ident, error, status)
+
+    async def _litellm(self, backend: Backend, body: dict[str, Any]) -> tuple[Backend, Answer]:
+        """LiteLLM's whole path: its retries, fallbacks and provider translation."""
         named = {k: v for k, v in body.items() if k in _NAMED}
         extra = {
             k: v for k, v in body.items() if k not in _NAMED and k not in ("model", "messages")
         }
-        if body.get("stream"):
-            # Usage always: it is counted and cached; the app drops it unless the client asked.
-            named["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         if extra:
             named["extra_body"] = extra
         try:
@@ -99,7 +233,14 @@ class Backends:
             )
         except openai.APIError as exc:
             raise self.client_error(exc, backend) from None
-        return self.answered_by(response, backend), response
+        answered = self.answered_by(response, backend)
+        if body.get("stream"):
+            return answered, _dumped(response)
+        return answered, response.model_dump(exclude_none=True)
+
+    async def aclose(self) -> None:
+        """Close the relay's connections."""
+        await self.http.aclose()
 
     def answered_by(self, response: Any, asked: Backend) -> Backend:
         """The backend whose endpoint produced ``response`` (maybe a fallback, not ``asked``)."""
@@ -115,9 +256,13 @@ class Backends:
         status = getattr(exc, "status_code", None)
         logger.warning("model %s: %s (%s)", backend.model, type(exc).__name__, str(exc)[:300])
         if isinstance(status, int) and 400 <= status < 500 and status != 408:
-            error = _passed_through(exc, status)
+            error = _passed_through(getattr(exc, "response", None), status, exc.message)
             error.routed_to = backend.model
             return error
+        return self._unavailable(backend)
+
+    def _unavailable(self, backend: Backend) -> OverloadedError:
+        """The 503 when every endpoint and fallback failed."""
         return OverloadedError(
             f"No backend could answer for '{backend.model}' now: it and its fallbacks are "
             "failing or overloaded.",
@@ -149,10 +294,15 @@ class BackendError(APIError):
         return {**super().headers(), **routed}
 
 
-def _passed_through(exc: openai.APIError, status: int) -> BackendError:
+async def _dumped(stream: Any) -> AsyncIterator[dict[str, Any]]:
+    """A LiteLLM stream's chunks as OpenAI's JSON."""
+    async for chunk in stream:
+        yield chunk.model_dump(exclude_none=True)
+
+
+def _passed_through(response: httpx.Response | None, status: int, message: str) -> BackendError:
     """A backend's 4xx error with its own fields when it sent OpenAI's shape."""
     detail: dict[str, Any] = {}
-    response = getattr(exc, "response", None)
     try:
         detail = response.json()["error"] if response is not None else {}
     except (ValueError, KeyError, TypeError):
@@ -164,7 +314,7 @@ def _passed_through(exc: openai.APIError, status: int) -> BackendError:
     return BackendError(
         status,
         str(detail.get("type") or "invalid_request_error"),
-        str(detail.get("message") or exc.message).split("\nLiteLLM:")[0],
+        str(detail.get("message") or message).split("\nLiteLLM:")[0],
         param=detail.get("param"),
         code=detail.get("code"),
         retry_after=retry_after,

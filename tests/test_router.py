@@ -150,6 +150,36 @@ def test_streams_pass_through_with_usage_when_asked(stack: dict[str, ServerProce
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
 
+def test_completions_and_responses_are_routed(stack: dict[str, ServerProcess]) -> None:
+    api = client(stack["router"])
+    text = api.completions.with_raw_response.create(model=CHEAP, prompt="Say", max_tokens=3)
+    assert text.parse().model == CHEAP and text.headers["x-vlmserve-backend"] == CHEAP
+    assert text.parse().usage is not None and text.parse().usage.completion_tokens >= 1
+    streamed = list(api.completions.create(model=CHEAP, prompt=["Say"], max_tokens=3, stream=True))
+    assert streamed and all(c.object == "text_completion" for c in streamed)
+    # auto reads the Responses API's input items: a table goes to the capable tier.
+    image = {"type": "input_image", "image_url": image_data_url(32, 32)}
+    content = [{"type": "input_text", "text": "Read the table."}, image]
+    asked = [{"role": "user", "content": content}]
+    before = served_by(stack[CAPABLE])
+    answer = api.responses.with_raw_response.create(
+        model="auto",
+        input=asked,
+        max_output_tokens=3,  # type: ignore[arg-type]
+    )
+    assert answer.headers["x-vlmserve-backend"] == CAPABLE
+    assert answer.parse().model == CAPABLE and answer.parse().status in ("completed", "incomplete")
+    assert served_by(stack[CAPABLE]) == before + 1
+    events = [
+        e.type
+        for e in api.responses.create(model=CHEAP, input="Hi", max_output_tokens=3, stream=True)
+    ]
+    assert events[0] == "response.created" and events[-1] in (
+        "response.completed",
+        "response.incomplete",
+    )
+
+
 def test_errors_keep_openais_shape(stack: dict[str, ServerProcess]) -> None:
     api = client(stack["router"])
     with pytest.raises(openai.NotFoundError) as missing:

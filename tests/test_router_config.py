@@ -73,6 +73,12 @@ def test_fallbacks_stay_in_the_tier_by_price_then_climb(config: RouterConfig) ->
     assert internvl2 is not None and config.fallbacks(internvl2) == ["gpt-4o-mini"]
 
 
+def responses(prompt: str, *images: str, **extra: object) -> dict:
+    parts: list[dict] = [{"type": "input_text", "text": prompt}]
+    parts += [{"type": "input_image", "image_url": url} for url in images]
+    return {"model": "auto", "input": [{"role": "user", "content": parts}], **extra}
+
+
 @pytest.mark.parametrize(
     ("body", "model"),
     [
@@ -87,6 +93,17 @@ def test_fallbacks_stay_in_the_tier_by_price_then_climb(config: RouterConfig) ->
         (request("Caption.", png_url(1200, 900)), "internvl2"),
         (request("x" * 6000, png_url(8, 8)), "gpt-4o-mini"),
         (request("A tablet on a desk.", png_url(8, 8)), "llava"),  # 'table' as a word only
+        # Completions and the Responses API are read the same way.
+        ({"model": "auto", "prompt": ["Sum the invoice:"]}, "internvl2"),
+        ({"model": "auto", "prompt": "Hello"}, "llava"),
+        (responses("Caption.", png_url(8, 8)), "llava"),
+        (responses("Caption.", *[png_url(8, 8)] * 3), "internvl2"),
+        (responses("Caption.", png_url(1200, 900)), "internvl2"),
+        (
+            responses("Caption.", png_url(8, 8), text={"format": {"type": "json_object"}}),
+            "internvl2",
+        ),
+        ({"model": "auto", "input": "Read the table."}, "internvl2"),
     ],
 )
 def test_auto_picks_the_cheapest_tier_that_suits(

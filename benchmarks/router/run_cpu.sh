@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The router's overhead and the response cache on CPU: a tiny LLaVA vlmserve backend, `vlmserve
-# route` in front of it, and `vlmserve bench` against both. Writes bench reports under OUT.
+# The router's overhead and the response cache on CPU: a tiny LLaVA vlmserve backend (ENGINE,
+# default vllm: vLLM's CPU build), `vlmserve route` in front of it, and `vlmserve bench` against
+# both. Writes bench reports under OUT.
 #   bash benchmarks/router/run_cpu.sh OUT_DIR
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -10,10 +11,13 @@ PY=.venv/bin/python
 CKPT="${VLMSERVE_TEST_CACHE:-/tmp/router-tiny}/llava-v2"
 [[ -f "$CKPT/config.json" ]] || $PY -m vlmserve.cli.main tiny-model llava "$CKPT"
 BACKEND_PORT=18601 ROUTER_PORT=18602
+ENGINE="${ENGINE:-vllm}"
+# Job control: each server in a process group of its own, inside this session (cpu_vllm.sh says why).
+set -m
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
-$PY -m vlmserve.cli.main serve --model "$CKPT" --served-model-name tiny-llava \
-  --port $BACKEND_PORT >"$OUT/backend.log" 2>&1 &
+trap 'for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done' EXIT
+$PY -m vlmserve.cli.main serve --model "$CKPT" --served-model-name tiny-llava --engine "$ENGINE" \
+  --cpu-kv-cache-gib 1 --max-model-len 4096 --port $BACKEND_PORT >"$OUT/backend.log" 2>&1 &
 pids+=($!)
 cat >"$OUT/router.yaml" <<YAML
 tiers: [cheap]

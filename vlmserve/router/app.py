@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry, generate_latest
 
 from vlmserve.api.app import EventStreamResponse
@@ -117,16 +117,20 @@ def _without_image_urls(messages: list[Any]) -> list[Any]:
     return out
 
 
-async def _body(request: Request) -> dict[str, Any]:
-    """The JSON body, with at least a model and a list of messages (else a 400)."""
+async def _body(request: Request, field: str = "messages") -> dict[str, Any]:
+    """The JSON body, with at least a model and ``field`` (the messages, prompt or input) given
+    (else a 400)."""
     try:
         body = json.loads(await request.body())
     except ValueError:
         raise BadRequestError("The body is not valid JSON.", code="invalid_json") from None
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
         raise BadRequestError("'model' is required.", param="model", code="invalid_value")
-    if not isinstance(body.get("messages"), list) or not body["messages"]:
-        raise BadRequestError("'messages' must be a non-empty list.", param="messages")
+    given = body.get(field)
+    kinds = (list,) if field == "messages" else (list, str)
+    if not isinstance(given, kinds) or not given:
+        kind = "a non-empty list" if field == "messages" else "a non-empty string or list"
+        raise BadRequestError(f"'{field}' must be {kind}.", param=field)
     return body
 
 
@@ -193,6 +197,45 @@ def create_router_app(settings: Settings, config: RouterConfig) -> FastAPI:
         state.stats.answered(answered, images, data.get("usage"))
         await cached.record(data)
         return JSONResponse(data, headers=headers)
+
+    async def relayed(request: Request, path: str, field: str) -> Response:
+        """Completions and the Responses API: relayed as the backend answers them (no cache)."""
+        body = await _body(request, field)
+        backend = state.backend_for(body)
+        if not state.backends.relays(backend):
+            raise BadRequestError(
+                f"/v1/{path} is routed only to backends that speak OpenAI's protocol, with "
+                f"routing_strategy simple-shuffle; '{backend.model}' or one of its fallbacks "
+                "does not.",
+                param="model",
+                code="endpoint_not_routed",
+            )
+        images = auto.features(body).images
+        try:
+            answered, ident, response = await state.backends.relay(backend, path, body)
+        except APIError:
+            state.stats.failed(backend)
+            raise
+        headers = {"X-Vlmserve-Backend": answered.model, "X-Vlmserve-Tier": answered.tier}
+        if body.get("stream"):
+            state.stats.answered(answered, images, None)  # a relayed stream is not parsed
+            return StreamingResponse(
+                state.backends.raw(response, ident),
+                media_type=response.headers.get("content-type", "text/event-stream"),
+                headers=headers,
+            )
+        data = response.json()
+        data["model"] = answered.model
+        state.stats.answered(answered, images, data.get("usage"))
+        return JSONResponse(data, headers=headers)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await relayed(request, "completions", "prompt")
+
+    @app.post("/v1/responses")
+    async def responses(request: Request) -> Response:
+        return await relayed(request, "responses", "input")
 
     @app.get("/v1/models")
     async def list_models() -> ModelList:

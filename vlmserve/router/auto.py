@@ -49,23 +49,40 @@ def _pixels(url: str) -> int:
         return 0
 
 
+def _json_output(body: dict[str, Any]) -> bool:
+    """Whether the request asks for JSON (chat's ``response_format``, the Responses API's
+    ``text.format``)."""
+    text = body.get("text")
+    wanted = body.get("response_format") or (text.get("format") if isinstance(text, dict) else None)
+    return isinstance(wanted, dict) and wanted.get("type", "text") not in ("text", None)
+
+
+def _contents(body: dict[str, Any]) -> list[Any]:
+    """Every message's content: chat ``messages``, completions' ``prompt`` (a string or a list of
+    them), the Responses API's ``input`` (a string or a list of items)."""
+    prompt, given = body.get("prompt"), body.get("input")
+    if isinstance(prompt, str | list):
+        return [prompt] if isinstance(prompt, str) else [p for p in prompt if isinstance(p, str)]
+    if isinstance(given, str):
+        return [given]
+    items = body.get("messages") or (given if isinstance(given, list) else [])
+    return [item.get("content") for item in items if isinstance(item, dict)]
+
+
 def features(body: dict[str, Any]) -> Features:
-    """Read a chat request's features (a malformed part counts for nothing)."""
-    found = Features()
-    response_format = body.get("response_format")
-    found.response_format = isinstance(response_format, dict) and response_format.get(
-        "type", "text"
-    ) not in ("text", None)
-    for message in body.get("messages") or []:
-        content = message.get("content") if isinstance(message, dict) else None
+    """Read a request's features (a malformed part counts for nothing)."""
+    found = Features(response_format=_json_output(body))
+    for content in _contents(body):
         for part in [content] if isinstance(content, str) else content or []:
+            kind = part.get("type") if isinstance(part, dict) else None
             if isinstance(part, str):
                 found.text.append(part)
-            elif isinstance(part, dict) and part.get("type") == "text":
+            elif isinstance(part, dict) and kind in ("text", "input_text"):
                 found.text.append(str(part.get("text", "")))
-            elif isinstance(part, dict) and part.get("type") == "image_url":
+            elif isinstance(part, dict) and kind in ("image_url", "input_image"):
                 image = part.get("image_url") or {}
-                image = {"url": image} if isinstance(image, str) else image
+                if isinstance(image, str):  # the Responses API: detail beside the URL
+                    image = {"url": image, "detail": part.get("detail")}
                 found.images += 1
                 found.high_detail |= image.get("detail") == "high"
                 found.max_pixels = max(found.max_pixels, _pixels(str(image.get("url", ""))))

@@ -72,7 +72,7 @@ class Endpoint:
     """Where a relayed request for one deployment goes."""
 
     backend: Backend
-    url: str
+    base_url: str
     headers: dict[str, str]
     upstream_model: str
 
@@ -103,7 +103,7 @@ class Backends:
                 if speaks_openai(backend):
                     self.endpoints[ident] = Endpoint(
                         backend,
-                        f"{(base or OPENAI_BASE).rstrip('/')}/chat/completions",
+                        (base or OPENAI_BASE).rstrip("/"),
                         {"Authorization": f"Bearer {key}"},
                         (backend.litellm_model or backend.model).removeprefix(OPENAI_PREFIX),
                     )
@@ -135,9 +135,12 @@ class Backends:
             # Usage always: it is counted and cached; the app drops it unless the client asked.
             options = {**(body.get("stream_options") or {}), "include_usage": True}
             body = {**body, "stream_options": options}
-        if self.relays(backend):
-            return await self._relay(backend, body)
-        return await self._litellm(backend, body)
+        if not self.relays(backend):
+            return await self._litellm(backend, body)
+        answered, ident, response = await self.relay(backend, "chat/completions", body)
+        if body.get("stream"):
+            return answered, self._chunks(response, ident)
+        return answered, response.json()
 
     def chain(self, backend: Backend) -> list[Backend]:
         """The backend, then its fallbacks in order."""
@@ -150,8 +153,15 @@ class Backends:
             speaks_openai(b) for b in self.chain(backend)
         )
 
-    async def _relay(self, backend: Backend, body: dict[str, Any]) -> tuple[Backend, Answer]:
-        """The relay: LiteLLM picks each endpoint and keeps cooldowns, the bytes go out here."""
+    async def relay(
+        self, backend: Backend, path: str, body: dict[str, Any]
+    ) -> tuple[Backend, str, httpx.Response]:
+        """The relay: LiteLLM picks each endpoint and keeps cooldowns, the bytes go out here.
+
+        Returns the backend that answered, its endpoint's id, and its successful response (read
+        whole, or open to stream from when ``body['stream']``). A backend's own 4xx is raised as
+        a :class:`BackendError`; when every endpoint and fallback failed, a 503.
+        """
         for candidate in self.chain(backend):
             # Each replica once (a failed one cools down, so the next pick is another), plus the
             # configured retries, before the next fallback.
@@ -166,7 +176,7 @@ class Backends:
                 sent = {**body, "model": endpoint.upstream_model}
                 request = self.http.build_request(
                     "POST",
-                    endpoint.url,
+                    f"{endpoint.base_url}/{path}",
                     json=sent,
                     headers=endpoint.headers,
                     timeout=candidate.timeout_seconds,
@@ -177,10 +187,9 @@ class Backends:
                     self._failed(ident, exc)
                     continue
                 if response.status_code < 400:
-                    if body.get("stream"):
-                        return candidate, self._chunks(response, ident)
-                    await response.aread()
-                    return candidate, response.json()
+                    if not body.get("stream"):
+                        await response.aread()
+                    return candidate, ident, response
                 await response.aread()
                 status = response.status_code
                 if status < 500 and status not in _FAILURE_STATUS:
@@ -189,6 +198,17 @@ class Backends:
                     raise error
                 self._failed(ident, response)
         raise self._unavailable(backend)
+
+    async def raw(self, response: httpx.Response, ident: str) -> AsyncIterator[bytes]:
+        """A relayed stream's bytes as they come (a backend that breaks mid-stream is reported)."""
+        try:
+            async for data in response.aiter_raw():
+                yield data
+        except httpx.TransportError as exc:
+            self._failed(ident, exc)
+            raise
+        finally:
+            await response.aclose()
 
     async def _chunks(self, response: httpx.Response, ident: str) -> AsyncIterator[dict[str, Any]]:
         """A relayed stream's chunks (a backend that breaks mid-stream is reported, then raised)."""

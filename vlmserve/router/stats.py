@@ -65,8 +65,10 @@ class RouterStats:
 
     def answered(self, backend: Backend, images: int, usage: dict[str, Any] | None) -> None:
         """Count a request ``backend`` answered."""
-        prompt = int((usage or {}).get("prompt_tokens") or 0)
-        completion = int((usage or {}).get("completion_tokens") or 0)
+        usage = usage or {}
+        # Chat and completions name them prompt/completion; the Responses API input/output.
+        prompt = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
         cost = backend.price.cost(images, prompt, completion)
         labels = (backend.model, backend.tier)
         self.requests.labels(*labels, "ok").inc()

@@ -6,7 +6,10 @@ import asyncio
 import base64
 import io
 import os
+import subprocess
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -178,6 +181,45 @@ def test_decoding_runs_in_worker_processes_and_is_cached() -> None:
     assert first.size == second.size == (448, 336)
     assert loader.metrics.image_cache_hits._value.get() == 1
     assert loader.metrics.image_cache_misses._value.get() == 1
+
+
+ORPHAN_SCRIPT = """
+import asyncio, sys
+from vlmserve.images.codec import ImageLimits
+from vlmserve.images.fetch import MediaFetcher, MediaPolicy
+from vlmserve.images.pipeline import ImagePipeline
+
+async def main():
+    loader = ImagePipeline(
+        ImageLimits(max_bytes=1000, max_pixels=1000),
+        MediaFetcher(MediaPolicy(max_bytes=1000, timeout=1.0)),
+        None,
+        workers=2,
+    )
+    await asyncio.gather(*map(asyncio.wrap_future, loader.start()))
+    print(*loader.worker_pids(), flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def test_workers_exit_when_the_server_is_killed() -> None:
+    """A server killed outright (SIGKILL) leaves no decoding worker behind."""
+    server = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN_SCRIPT], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        pids = [int(pid) for pid in server.stdout.readline().split()]
+        assert len(pids) == 2 and all(os.path.exists(f"/proc/{pid}") for pid in pids)
+    finally:
+        server.kill()
+        server.wait()
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{pid}") for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
 
 
 def test_a_refusal_from_a_worker_names_the_image() -> None:

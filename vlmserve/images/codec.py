@@ -17,6 +17,9 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
+import threading
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +30,27 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 if TYPE_CHECKING:
     from vlmserve.config import Settings
+
+#: How often a decoding worker checks that the server that started it is still alive (seconds).
+PARENT_CHECK_S = 1.0
+
+
+def exit_with_parent(parent: int) -> None:
+    """Worker initializer: end this process once ``parent`` (the server's pid) is gone.
+
+    A server killed outright (SIGKILL, the OOM killer) cannot shut its pool down, and the workers
+    would live on as orphans. A daemon thread watches the parent id instead. ``parent`` comes from
+    the server rather than ``os.getppid()`` here: a server killed while a worker is still starting
+    has already left it to init.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 #: How much larger than the target size a JPEG draft must stay.

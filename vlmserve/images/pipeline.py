@@ -34,6 +34,7 @@ from vlmserve.images.codec import (
     Size,
     Targets,
     decode_scaled,
+    exit_with_parent,
     probe_size,
 )
 from vlmserve.images.decode import decode_data_url, refusal_to_400
@@ -138,7 +139,9 @@ class ImagePipeline:
         if not self.workers or self._pool is not None:
             return []
         context = multiprocessing.get_context("spawn")  # no fork of a threaded server
-        self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+        self._pool = ProcessPoolExecutor(
+            self.workers, mp_context=context, initializer=exit_with_parent, initargs=(os.getpid(),)
+        )
         return [self._pool.submit(os.getpid) for _ in range(self.workers)]
 
     def close(self) -> None:

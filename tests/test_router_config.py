@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 from pathlib import Path
@@ -10,7 +11,9 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
+from vlmserve.config import Settings
 from vlmserve.router import auto
+from vlmserve.router.app import RouterState
 from vlmserve.router.config import Price, RouterConfig
 
 CONFIG = """
@@ -142,3 +145,37 @@ def test_price_of_a_request() -> None:
     assert price.cost(images=2, prompt_tokens=1000, completion_tokens=500) == pytest.approx(
         0.004 + 0.001 + 0.002
     )
+
+
+def encoded_url(image: Image.Image, compress_level: int) -> str:
+    buf = io.BytesIO()
+    image.save(buf, "PNG", compress_level=compress_level)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def test_cache_keys_name_images_by_content_and_skip_a_resent_data_url(
+    config: RouterConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same pixels in different bytes are one key; a data URL seen before is not decoded."""
+    monkeypatch.setenv("TEST_ROUTER_KEY", "sk-test")
+    state = RouterState(Settings(), config)
+    loads = []
+    real_load = state.images.load
+
+    async def counted(refs):  # type: ignore[no-untyped-def]
+        loads.append(len(refs))
+        return await real_load(refs)
+
+    monkeypatch.setattr(state.images, "load", counted)
+    orange = Image.new("RGB", (64, 48), "orange")
+    fast, small = encoded_url(orange, 1), encoded_url(orange, 9)
+    assert fast != small
+
+    def key(*urls: str) -> str | None:
+        return asyncio.run(state.cache_key(request("Describe.", *urls, temperature=0)))
+
+    first = key(fast)
+    assert first is not None and key(small) == first and loads == [1, 1]
+    assert key(fast) == first and key(small, fast) != first and loads == [1, 1]
+    assert key(encoded_url(Image.new("RGB", (64, 48), "teal"), 1)) != first
+    assert loads == [1, 1, 1]

@@ -9,12 +9,14 @@ keyed here by the request as sent (model included) and the decoded images.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from cachetools import LRUCache
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry, generate_latest
@@ -40,6 +42,10 @@ logger = logging.getLogger(__name__)
 AUTO = "auto"
 #: Fields that change how an answer is delivered, not what it is: left out of cache keys.
 _DELIVERY = {"stream", "stream_options", "user"}
+#: Bytes of decoded images the router keeps for cache keys (a resent http image skips the decode).
+IMAGE_CACHE_BYTES = 64 << 20
+#: Data URLs whose image digest the router remembers (about 100 bytes each).
+DATA_URL_DIGESTS = 4096
 
 
 class RouterState:
@@ -59,7 +65,11 @@ class RouterState:
             MediaFetcher(MediaPolicy.from_settings(settings)),
             None,
             workers=0,  # a few decodes for cache keys: a thread, no worker processes
+            cache_bytes=IMAGE_CACHE_BYTES,
         )
+        #: SHA-256 of a data URL -> the digest of its decoded image: a data URL holds its bytes,
+        #: so a resent one (a conversation's history, a cache hit) is not decoded again.
+        self.data_url_digests: LRUCache[bytes, str] = LRUCache(DATA_URL_DIGESTS)
         self.created = now()
 
     def backend_for(self, body: dict[str, Any]) -> Backend:
@@ -92,12 +102,25 @@ class RouterState:
             if isinstance(part, dict) and part.get("type") == "image_url"
         ]
         try:
-            images = await self.images.load([ImageRef(u, "auto", "image_url") for u in urls])
+            digests = await self.image_digests(urls)
         except APIError:
             return None  # the backend will say what is wrong with the image
-        digests = [image_digest(image) for image in images]
         canonical["messages"] = _without_image_urls(canonical.get("messages") or [])
         return request_key("router", canonical, digests)
+
+    async def image_digests(self, urls: list[str]) -> list[str]:
+        """The digest of each URL's decoded image; data URLs seen before are not decoded."""
+        memo = self.data_url_digests
+        keys = [hashlib.sha256(u.encode()).digest() if u[:5] == "data:" else None for u in urls]
+        known = [memo.get(k) if k is not None else None for k in keys]
+        if all(known):
+            return [d for d in known if d is not None]
+        images = await self.images.load([ImageRef(u, "auto", "image_url") for u in urls])
+        digests = [image_digest(image) for image in images]
+        for key, digest in zip(keys, digests, strict=True):
+            if key is not None:
+                memo[key] = digest
+        return digests
 
 
 def _without_image_urls(messages: list[Any]) -> list[Any]:

@@ -4,8 +4,11 @@ stub OpenAI backend that answers at once (16 streamed content chunks and a usage
 
 On a machine where router and backends share cores, this cost is taken from the backends; on a
 GPU node it is what one router core can carry (1000 / ms per request = requests/s per core).
+With ``--step-ms`` the stub waits that long before each chunk, like a backend whose time goes to
+a GPU rather than to these cores: the req/s ratio is then the router's overhead on such a node.
 
     .venv/bin/python benchmarks/router/cpu_per_request.py [--requests 400] [--concurrency 8]
+        [--step-ms 0]
 """
 
 from __future__ import annotations
@@ -30,8 +33,11 @@ CHUNKS = 16
 USAGE = {"prompt_tokens": 600, "completion_tokens": CHUNKS, "total_tokens": 600 + CHUNKS}
 
 
-def stub_app() -> object:
-    """An OpenAI-shaped chat endpoint that does no work (what the router adds is all that costs)."""
+def stub_app(step_s: float) -> object:
+    """An OpenAI-shaped chat endpoint that does no work (what the router adds is all that costs);
+    each chunk waits ``step_s`` first."""
+    import asyncio
+
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -52,6 +58,7 @@ def stub_app() -> object:
         async def events():  # type: ignore[no-untyped-def]
             yield event([{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}])
             for _ in range(CHUNKS):
+                await asyncio.sleep(step_s)
                 yield event([{"index": 0, "delta": {"content": " tok"}, "finish_reason": None}])
             yield event([{"index": 0, "delta": {}, "finish_reason": "length"}])
             yield event([], usage=USAGE)
@@ -107,12 +114,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--step-ms", type=float, default=0.0, help="stub's wait per chunk")
     parser.add_argument("--stub", type=int, help=argparse.SUPPRESS)  # internal: serve the stub
     args = parser.parse_args()
     if args.stub:
         import uvicorn
 
-        uvicorn.run(stub_app(), host="127.0.0.1", port=args.stub, log_level="warning")  # type: ignore[arg-type]
+        app = stub_app(args.step_ms / 1000)
+        uvicorn.run(app, host="127.0.0.1", port=args.stub, log_level="warning")  # type: ignore[arg-type]
         return
     stub_port, router_port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,7 +130,9 @@ def main() -> None:
             "tiers: [cheap]\nbackends:\n  - model: stub\n    tier: cheap\n"
             f"    api_base: http://127.0.0.1:{stub_port}/v1\n    price: {{per_1k_images: 0.25}}\n"
         )
-        stub = subprocess.Popen([sys.executable, __file__, "--stub", str(stub_port)])
+        stub = subprocess.Popen(
+            [sys.executable, __file__, "--stub", str(stub_port), "--step-ms", str(args.step_ms)]
+        )
         router = subprocess.Popen(
             [sys.executable, "-m", "vlmserve.cli.main", "route", "--config", str(config)]
             + ["--port", str(router_port)],
@@ -133,6 +144,7 @@ def main() -> None:
             wait_healthy(f"http://127.0.0.1:{router_port}/health")
             print("| target | req/s | router ms CPU/request | stub ms CPU/request |")
             print("|---|---|---|---|")
+            rates = []
             for name, port in (("stub directly", stub_port), ("router -> stub", router_port)):
                 before = cpu_seconds(router.pid), cpu_seconds(stub.pid)
                 summary = bench(f"http://127.0.0.1:{port}/v1", args, Path(tmp) / name)
@@ -147,6 +159,8 @@ def main() -> None:
                     f"| {stub_ms:.2f} |",
                     flush=True,
                 )
+                rates.append(float(summary["requests_per_second"]))  # type: ignore[arg-type]
+            print(f"\nrouter / direct req/s: {rates[1] / rates[0]:.3f}")
         finally:
             for process in (router, stub):
                 process.terminate()

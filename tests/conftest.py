@@ -29,8 +29,9 @@ def server_args(engine: str) -> list[str]:
     return ["--engine", engine, *(VLLM_TEST_ARGS if engine == "vllm" else [])]
 
 
-def family_engine_params() -> list[object]:
-    """Every (family, engine) pair; the vLLM ones are slow (a minute or more to start)."""
+def family_engine_params(families: tuple[str, ...] = FAMILIES) -> list[object]:
+    """Every (family, engine) pair of ``families``; the vLLM ones are slow (a minute or more to
+    start)."""
     return [
         pytest.param(
             (family, engine),
@@ -39,7 +40,7 @@ def family_engine_params() -> list[object]:
             marks=[pytest.mark.slow, pytest.mark.timeout(1800)] if engine == "vllm" else [],
         )
         for engine in ENGINES
-        for family in FAMILIES
+        for family in families
     ]
 
 

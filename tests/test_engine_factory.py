@@ -131,6 +131,11 @@ def test_serve_plans_catalogue_models_for_vllm() -> None:
     assert args["trust_remote_code"] is False
     # Batch lines rely on it: a priority other than 0 is refused under vLLM's default policy.
     assert args["scheduling_policy"] == "priority"
+    # One grammar engine on both engines, writing compact JSON.
+    assert args["structured_outputs_config"] == {
+        "backend": "xgrammar",
+        "disable_any_whitespace": True,
+    }
     assert plan_engine_args(settings, None) is None
 
 

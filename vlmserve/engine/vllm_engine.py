@@ -76,7 +76,9 @@ def engine_args_from_settings(
     as they are (``load_format``) apply either way. Video is switched off (``limit 0``) so vLLM
     does not reserve memory for it at start-up. Scheduling is by priority, so batch lines (a
     higher ``priority`` value) yield to interactive requests; among equal priorities it is first
-    come, first served, as vLLM's default.
+    come, first served, as vLLM's default. Structured output uses xgrammar, the grammar engine the
+    API checks schemas with and the transformers engine decodes with, writing compact JSON: free
+    whitespace between fields lets a weak model pad an answer until ``max_tokens`` runs out.
 
     On vLLM's CPU build (``cpu``) the KV cache gets ``cpu_kv_cache_gib``: without a size, vLLM
     would claim most of the machine's memory. With the size given, vLLM's multimodal memory
@@ -88,6 +90,7 @@ def engine_args_from_settings(
         "trust_remote_code": False,
         "scheduling_policy": "priority",
         "limit_mm_per_prompt": {"image": settings.max_images_per_request, "video": 0},
+        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
     }
     args.update(vllm_args(settings, planned=True) if plan_args is None else plan_args)
     args["limit_mm_per_prompt"] = {"video": 0, **args["limit_mm_per_prompt"]}

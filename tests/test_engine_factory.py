@@ -145,3 +145,79 @@ def test_serve_refuses_a_model_that_does_not_fit() -> None:
 
     with pytest.raises(factory.EngineUnavailableError, match="H100"):
         plan_engine_args(Settings(gpu="RTX3070"), get_model("internvl2-76b"))
+
+
+def quantized_config(folder: Path, quant_method: str | None = None) -> Path:
+    """A LLaVA config with 32-wide heads, quantized with ``quant_method`` when given."""
+    config: dict[str, object] = {
+        "architectures": ["LlavaForConditionalGeneration"],
+        "text_config": {"hidden_size": 64, "num_attention_heads": 2},
+    }
+    if quant_method:
+        config["quantization_config"] = {"quant_method": quant_method, "bits": 4}
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("engine", ["vllm", "auto"])
+def test_cpu_build_refuses_fp8_weights(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, engine: str
+) -> None:
+    """fp8 weights, asked for or in the checkpoint, are GPU-only; auto does not fall back to
+    transformers (it would serve the weights unquantized)."""
+    with_machine(monkeypatch, [], False, cpu_build=True)
+    plain = quantized_config(tmp_path / "plain")
+    settings = Settings(engine=engine, model=str(plain), quantization="fp8")
+    with pytest.raises(factory.EngineUnavailableError, match="quantization fp8 is GPU-only"):
+        factory.choose_engine(settings, plain)
+    fp8 = quantized_config(tmp_path / "fp8", "fp8")
+    with pytest.raises(factory.EngineUnavailableError, match="dynamic_scaled_fp8_quant"):
+        factory.choose_engine(Settings(engine=engine, model=str(fp8)), fp8)
+
+
+def test_cpu_build_refuses_bitsandbytes_without_its_package(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from vlmserve.engine import vllm_cpu
+
+    path = quantized_config(tmp_path / "m")
+    monkeypatch.setattr(vllm_cpu, "bitsandbytes_installed", lambda: False)
+    refusal = vllm_cpu.cpu_quantization_refusal(path, "bitsandbytes")
+    assert refusal is not None and "pip install 'bitsandbytes" in refusal
+    monkeypatch.setattr(vllm_cpu, "bitsandbytes_installed", lambda: True)
+    assert vllm_cpu.cpu_quantization_refusal(path, "bitsandbytes") is None
+
+
+def test_cpu_build_takes_awq_and_gptq(tmp_path: Path) -> None:
+    """AWQ and GPTQ run on vLLM's CPU build (tests/test_vllm_cpu_quantization.py serves them)."""
+    from vlmserve.engine.vllm_cpu import cpu_quantization_refusal, quantization_of
+
+    for method in ("awq", "gptq"):
+        path = quantized_config(tmp_path / method, method)
+        assert quantization_of(path, None) == method
+        assert cpu_quantization_refusal(path, None) is None
+        assert cpu_quantization_refusal(path, method) is None
+    assert quantization_of(tmp_path / "awq", "fp8") == "fp8"
+
+
+@pytest.mark.skipif(not factory.vllm_cpu_build(), reason="checks vLLM's CPU build")
+@pytest.mark.parametrize(
+    ("quantization", "reason"),
+    [("fp8", "GPU-only"), ("bitsandbytes", "needs the bitsandbytes package")],
+)
+def test_serve_refuses_a_quantization_the_cpu_build_cannot_run(
+    tmp_path: Path, quantization: str, reason: str
+) -> None:
+    """One line and exit 2 at start-up, never a worker's traceback a minute later."""
+    from vlmserve.engine.vllm_cpu import bitsandbytes_installed
+
+    if quantization == "bitsandbytes" and bitsandbytes_installed():
+        pytest.skip("bitsandbytes is installed here")
+    path = quantized_config(tmp_path / "m")
+    result = serve("--engine", "vllm", "--model", str(path), "--quantization", quantization)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("vlmserve:")]
+    assert len(errors) == 1, result.stderr
+    assert reason in errors[0]

@@ -4,8 +4,9 @@ vLLM runs where its CUDA build finds an NVIDIA GPU, or wherever its CPU build is
 ``auto`` picks vLLM wherever it can run the model, the transformers engine otherwise; the built-in
 demo stays on transformers without a GPU (vLLM's start-up there is over a minute, see README).
 Asking for vLLM where it cannot run fails at once with :class:`EngineUnavailableError` (the CLI
-prints it as one line and exits with 2), before any model is loaded. vLLM is imported only once
-chosen (or to ask its CPU kernels whether they take a model).
+prints it as one line and exits with 2), before any model is loaded; so does a quantization vLLM's
+CPU build has no kernels for. vLLM is imported only once chosen (or to ask its CPU kernels whether
+they take a model).
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def _choose_on_cpu_build(settings: Settings, model_path: str | Path | None) -> t
     if model_path is not None:
         from vlmserve.engine.vllm_cpu import cpu_refusal
 
+        _refuse_cpu_quantization(settings, model_path)
         refusal = cpu_refusal(model_path)
     if settings.engine == "vllm":
         if refusal is not None:
@@ -98,6 +100,22 @@ def _choose_on_cpu_build(settings: Settings, model_path: str | Path | None) -> t
     if refusal is not None:
         return "transformers", f"auto: vLLM's CPU build cannot serve this model ({refusal})"
     return "vllm", "auto: vLLM's CPU build is installed"
+
+
+def _refuse_cpu_quantization(settings: Settings, model_path: str | Path) -> None:
+    """Raise :class:`EngineUnavailableError` when vLLM would serve the model (engine=vllm, or
+    auto with a model) with a quantization vLLM's CPU build cannot run.
+
+    No fallback to transformers under auto: that engine would serve the weights unquantized.
+    Checked before the head size, as it reads config.json only and needs no vLLM import.
+    """
+    from vlmserve.engine.vllm_cpu import cpu_quantization_refusal
+
+    if settings.engine != "vllm" and settings.model is None:
+        return
+    refusal = cpu_quantization_refusal(model_path, settings.quantization)
+    if refusal is not None:
+        raise EngineUnavailableError(f"vLLM's CPU build cannot serve this model: {refusal}")
 
 
 def build_engine(

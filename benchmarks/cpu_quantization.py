@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 from openai import OpenAI
 
-from tests.helpers import free_port, image_data_url, tiny_checkpoint
+from tests.helpers import free_port, image_question, tiny_checkpoint
 from tests.quantized_checkpoint import quantized_checkpoint
 
 #: Log lines worth keeping: the kernel vLLM picked, the quantization and KV dtype it started
@@ -132,15 +132,7 @@ def ask(port: int) -> str:
         model=model,
         max_tokens=8,
         temperature=0,
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": "What is in this image?"},
-                    {"type": "image_url", "image_url": {"url": image_data_url(64, 48)}},
-                ],
-            }
-        ],
+        messages=image_question(),
     )
     return response.choices[0].message.content or ""
 

@@ -72,6 +72,12 @@ def image_data_url(width: int, height: int, fmt: str = "PNG", color: str = "teal
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def image_question(text: str = "What is in this image?") -> list[dict]:
+    """Chat messages: one user turn with ``text`` and a small image."""
+    image = {"type": "image_url", "image_url": {"url": image_data_url(64, 48)}}
+    return [{"role": "user", "content": [{"type": "text", "text": text}, image]}]
+
+
 @dataclass
 class ServerProcess:
     """A ``vlmserve serve`` subprocess on a loopback port."""

@@ -18,7 +18,7 @@ from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, ConfigDict, Field
 
 from tests.conftest import family_engine_params
-from tests.helpers import ServerProcess, image_data_url
+from tests.helpers import ServerProcess, image_data_url, image_question
 
 #: LLaVA and InternVL, on both engines: the servers are the session's (shared with test_api).
 pytestmark = [
@@ -95,17 +95,12 @@ def sdk(server: ServerProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
 
 
-def with_image(text: str = "Describe the pet in this picture.") -> list[dict]:
-    image = {"type": "image_url", "image_url": {"url": image_data_url(64, 48)}}
-    return [{"role": "user", "content": [{"type": "text", "text": text}, image]}]
-
-
 # -- structured output ---------------------------------------------------------------------------
 
 
 def test_sdk_parse_with_a_pydantic_model(server: ServerProcess) -> None:
     reply = sdk(server).chat.completions.parse(
-        model=server.model, messages=with_image(), response_format=Pet, max_tokens=ROOM
+        model=server.model, messages=image_question(), response_format=Pet, max_tokens=ROOM
     )
     choice = reply.choices[0]
     assert choice.finish_reason == "stop"
@@ -115,7 +110,7 @@ def test_sdk_parse_with_a_pydantic_model(server: ServerProcess) -> None:
 def test_json_object_streams_valid_json(server: ServerProcess) -> None:
     stream = sdk(server).chat.completions.create(
         model=server.model,
-        messages=with_image(),
+        messages=image_question(),
         response_format={"type": "json_object"},
         max_tokens=ROOM,
         temperature=1.0,
@@ -150,7 +145,7 @@ def test_litellm_completion_with_response_format(server: ServerProcess) -> None:
         model=f"openai/{server.model}",
         api_base=server.base_url,
         api_key="unused",
-        messages=with_image(),
+        messages=image_question(),
         response_format=Pet,
         max_tokens=ROOM,
     )
@@ -178,7 +173,7 @@ def test_instructor(server: ServerProcess, mode: instructor.Mode) -> None:
 def test_named_tool_choice_forces_matching_arguments(server: ServerProcess) -> None:
     reply = sdk(server).chat.completions.create(
         model=server.model,
-        messages=with_image("What is the weather where this was taken?"),
+        messages=image_question("What is the weather where this was taken?"),
         tools=[WEATHER, TIME],
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
         max_tokens=ROOM,
@@ -252,7 +247,7 @@ def test_auto_tool_choice_answers_text_or_calls(server: ServerProcess) -> None:
 def test_logprobs_and_top_logprobs(server: ServerProcess) -> None:
     reply = sdk(server).chat.completions.create(
         model=server.model,
-        messages=with_image(),
+        messages=image_question(),
         max_tokens=6,
         logprobs=True,
         top_logprobs=2,

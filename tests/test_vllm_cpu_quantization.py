@@ -17,7 +17,7 @@ import pytest
 import torch
 from openai import OpenAI
 
-from tests.helpers import ServerProcess, image_data_url, start_server
+from tests.helpers import ServerProcess, image_question, start_server
 from tests.quantized_checkpoint import (
     AWQ_ORDER,
     GROUP_SIZE,
@@ -97,15 +97,7 @@ def ask(server: ServerProcess) -> str:
         model=server.model,
         max_tokens=ANSWER_TOKENS,
         temperature=0,
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": "What is in this image?"},
-                    {"type": "image_url", "image_url": {"url": image_data_url(64, 48)}},
-                ],
-            }
-        ],
+        messages=image_question(),
     )
     choice = response.choices[0]
     assert choice.finish_reason == "length"

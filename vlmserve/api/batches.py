@@ -36,7 +36,7 @@ def _identify(request: Request, credentials: Credentials) -> tuple[str, str]:
     return caller, owner_of(token if keys.enabled else None)
 
 
-def _owner(request: Request, credentials: Credentials) -> str:
+async def _owner(request: Request, credentials: Credentials) -> str:
     """The caller's owner id."""
     return _identify(request, credentials)[1]
 
@@ -52,7 +52,7 @@ Owner = Annotated[str, Depends(_owner)]
 AdmittedOwner = Annotated[str, Depends(_admitted_owner)]
 
 
-def _service(request: Request) -> BatchService:
+async def _service(request: Request) -> BatchService:
     service: BatchService = request.app.state.batches
     return service
 

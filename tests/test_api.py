@@ -207,6 +207,10 @@ def test_stop_string_ends_the_choice(family_server: tuple[str, ServerProcess]) -
     assert cut.message.content == full[: full.index(stop)]
 
 
+#: The special tokens of the tiny families' tokenizers: <s>, </s>, <unk>, <|endoftext|>, ...
+SPECIAL_TOKEN = re.compile(r"</?s>|<unk>|<\|[a-z_]+\|>")
+
+
 def test_logprobs(family_server: tuple[str, ServerProcess]) -> None:
     """Each engine returns each token's logprob and its most likely alternatives."""
     _, server = family_server
@@ -229,7 +233,10 @@ def test_logprobs(family_server: tuple[str, ServerProcess]) -> None:
         ranked = [top.logprob for top in entry.top_logprobs]
         assert len(ranked) == 3 and ranked == sorted(ranked, reverse=True)
         assert entry.logprob <= ranked[0]
-    assert "".join(entry.token for entry in entries) == choice.message.content
+    # With ignore_eos a special token (<|endoftext|>, </s>) may be sampled mid-answer: its
+    # logprob entry names it, as vLLM's does, while the content leaves it out.
+    tokens = [entry.token for entry in entries if not SPECIAL_TOKEN.fullmatch(entry.token)]
+    assert "".join(tokens) == choice.message.content
 
 
 #: A schema whose every valid answer is short, so random weights finish it within max_tokens.

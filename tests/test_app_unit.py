@@ -11,9 +11,11 @@ import json
 import time
 from collections.abc import AsyncGenerator
 
+import pytest
 from fastapi.testclient import TestClient
 
 from vlmserve.api.app import create_app
+from vlmserve.api.json_body import parse_json
 from vlmserve.api.metrics import Metrics
 from vlmserve.config import Settings
 from vlmserve.engine.base import (
@@ -206,3 +208,19 @@ def test_step_sizes_render_as_a_cumulative_histogram() -> None:
     assert (buckets["512.0"], buckets["+Inf"]) == (3, 4)
     assert "vlmserve_engine_step_requests_count 4.0" in text
     assert "vlmserve_engine_step_requests_sum 612.0" in text
+
+
+def test_bodies_parse_as_the_standard_library_parses_them() -> None:
+    """The fast JSON parser gives json.loads's value, and json.loads's error for bad bodies."""
+    bodies = [
+        b'{"a": 1, "a": 2, "big": 100000000000000000000000000, "f": [0.1, 1e400, NaN]}',
+        '{"text": "caf\u00e9 \U0001f600"}'.encode(),
+        '{"utf16": true}'.encode("utf-16"),  # json.loads detects UTF-16; pydantic-core does not
+        b'{"lone": "\\ud800"}',  # a lone surrogate: json.loads keeps it, pydantic-core refuses
+    ]
+    for body in bodies:
+        want = json.loads(body)
+        assert json.dumps(parse_json(body)) == json.dumps(want)
+    for bad in (b"{not json", b"", b'{"a": 1} trailing'):
+        with pytest.raises(json.JSONDecodeError):
+            parse_json(bad)

@@ -28,6 +28,7 @@ from vlmserve.api.body_limit import BodyLimitMiddleware
 from vlmserve.api.chat import CHAT_PATH, ChatHandler, ChatJob
 from vlmserve.api.completions import COMPLETIONS_PATH, CompletionHandler
 from vlmserve.api.errors import OverloadedError, error_response, install_error_handlers
+from vlmserve.api.json_body import JsonRoute
 from vlmserve.api.metrics import Metrics
 from vlmserve.api.protocol import (
     ChatCompletion,
@@ -246,6 +247,7 @@ def create_app(settings: Settings, engine: Engine, model_id: str) -> FastAPI:
             await state.link.close()
 
     app = FastAPI(title="vlmserve", version="0.1.0", lifespan=lifespan)
+    app.router.route_class = JsonRoute
     app.state.vlm = state
     app.state.batches = batches = BatchService(settings, state.chat, state.admission)
     app.include_router(batch_router)

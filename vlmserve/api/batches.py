@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from vlmserve.api.errors import BadRequestError
+from vlmserve.api.json_body import JsonRoute
 from vlmserve.api.protocol import ErrorResponse
 from vlmserve.batch.objects import file_object
 from vlmserve.batch.service import BatchService, owner_of
@@ -24,7 +25,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 _bearer = HTTPBearer(auto_error=False, description="One of the server's API keys, if it has any.")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-router = APIRouter(prefix="/v1", responses=_ERRORS)
+router = APIRouter(prefix="/v1", responses=_ERRORS, route_class=JsonRoute)
 FILES_PATH = "/v1/files"
 
 

@@ -10,7 +10,6 @@ keyed here by the request as sent (model included) and the decoded images.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +22,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from vlmserve.api.app import EventStreamResponse
 from vlmserve.api.errors import APIError, BadRequestError, NotFoundError, install_error_handlers
+from vlmserve.api.json_body import parse_json
 from vlmserve.api.protocol import ModelCard, ModelList, now
 from vlmserve.api.serving import sse
 from vlmserve.cache.keys import image_digest, is_deterministic, request_key
@@ -144,7 +144,7 @@ async def _body(request: Request, field: str = "messages") -> dict[str, Any]:
     """The JSON body, with at least a model and ``field`` (the messages, prompt or input) given
     (else a 400)."""
     try:
-        body = json.loads(await request.body())
+        body = parse_json(await request.body())
     except ValueError:
         raise BadRequestError("The body is not valid JSON.", code="invalid_json") from None
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):

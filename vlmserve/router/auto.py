@@ -9,13 +9,13 @@ answer is the highest of those (the first tier when none holds), then the cheape
 
 from __future__ import annotations
 
-import base64
 import binascii
 import io
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import pybase64
 from PIL import Image, UnidentifiedImageError
 
 from vlmserve.router.config import AutoRule, Backend, RouterConfig
@@ -42,7 +42,7 @@ def _pixels(url: str) -> int:
     if not url.startswith("data:") or ";base64," not in url:
         return 0
     try:
-        data = base64.b64decode(url.split(",", 1)[1], validate=False)
+        data = pybase64.b64decode(url.split(",", 1)[1], validate=False)
         with Image.open(io.BytesIO(data)) as image:
             return int(image.width * image.height)
     except (binascii.Error, UnidentifiedImageError, OSError, ValueError):

@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from pydantic import ValidationError
 
+from vlmserve.api.serving import sse
 from vlmserve.config import Settings
 from vlmserve.router import auto
-from vlmserve.router.app import RouterState
+from vlmserve.router.app import RouterState, _events
+from vlmserve.router.backends import sse_events
 from vlmserve.router.config import Price, RouterConfig
 
 CONFIG = """
@@ -179,3 +183,41 @@ def test_cache_keys_name_images_by_content_and_skip_a_resent_data_url(
     assert key(fast) == first and key(small, fast) != first and loads == [1, 1]
     assert key(encoded_url(Image.new("RGB", (64, 48), "teal"), 1)) != first
     assert loads == [1, 1, 1]
+
+
+async def _texts(*parts: str) -> AsyncIterator[str]:
+    for part in parts:
+        yield part
+
+
+async def _collect(events: AsyncIterator[str]) -> list[str]:
+    return [event async for event in events]
+
+
+def test_relayed_streams_are_cut_into_events_up_to_done() -> None:
+    """Events split across reads, several in one read, CRLF line ends; [DONE] ends the stream."""
+    one, two = 'data: {"a":1}', 'data: {"b":2}'
+    parts = [one[:7], one[7:] + "\r\n\r\n" + two + "\n", "\n: ping\n\ndata: [DONE]\n\n", "late"]
+    events = asyncio.run(_collect(sse_events(_texts(*parts))))
+    assert events == [one + "\n\n", two + "\n\n", ": ping\n\n"]
+
+
+def test_relayed_events_name_the_router_backend(
+    config: RouterConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events already naming the backend pass unchanged; others are renamed; usage is read."""
+    monkeypatch.setenv("TEST_ROUTER_KEY", "sk-test")
+    state = RouterState(Settings(), config)
+    backend = config.backend("llava")
+    assert backend is not None
+    ours = 'data: {"id":"x","model":"llava","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+    theirs = 'data: {"id":"x","model":"llava-hf","choices":[]}\n\n'
+    usage = {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
+    last = sse({"id": "x", "model": "llava-hf", "choices": [], "usage": usage})
+    stream = _texts(ours, ": ping\n\n", theirs, last)
+    out = asyncio.run(_collect(_events(state, stream, backend, 1)))
+    assert out[0] is ours  # not parsed and written again
+    assert [json.loads(e[6:])["model"] for e in out[:3]] == ["llava"] * 3
+    assert json.loads(out[2][6:])["usage"] == usage and out[3] == "data: [DONE]\n\n"
+    labels = {"backend": "llava", "tier": "cheap", "kind": "completion"}
+    assert state.registry.get_sample_value("vlmserve_router_tokens_total", labels) == 1

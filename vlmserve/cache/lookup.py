@@ -82,7 +82,7 @@ class CacheLookup:
                 if not self.write and (include_usage or '"usage"' not in event):
                     yield event
                     continue
-                payload = _payload(event)
+                payload = event_payload(event)
                 if payload is not None and self.write:
                     _fold(whole, payload, text)
                 if payload is not None and payload.get("usage") and not payload.get("choices"):
@@ -96,11 +96,12 @@ class CacheLookup:
             await events.aclose()  # type: ignore[attr-defined]
 
 
-def _payload(event: str) -> dict[str, Any] | None:
+def event_payload(event: str) -> dict[str, Any] | None:
     """The JSON of a ``data:`` event; None for ``[DONE]`` and anything else."""
-    if not event.startswith("data: {"):
+    data = event[5:].strip() if event.startswith("data:") else ""
+    if not data.startswith("{"):
         return None
-    value = json.loads(event[6:])
+    value = json.loads(data)
     return value if isinstance(value, dict) else None
 
 

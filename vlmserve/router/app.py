@@ -10,6 +10,7 @@ keyed here by the request as sent (model included) and the decoded images.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,7 +27,7 @@ from vlmserve.api.json_body import parse_json
 from vlmserve.api.protocol import ModelCard, ModelList, now
 from vlmserve.api.serving import sse
 from vlmserve.cache.keys import image_digest, is_deterministic, request_key
-from vlmserve.cache.lookup import ResponseCache
+from vlmserve.cache.lookup import ResponseCache, event_payload
 from vlmserve.config import Settings
 from vlmserve.images.codec import ImageLimits
 from vlmserve.images.fetch import MediaFetcher, MediaPolicy
@@ -158,12 +159,23 @@ async def _body(request: Request, field: str = "messages") -> dict[str, Any]:
 
 
 async def _events(
-    state: RouterState, stream: AsyncIterator[dict[str, Any]], backend: Backend, images: int
+    state: RouterState, stream: AsyncIterator[str], backend: Backend, images: int
 ) -> AsyncIterator[str]:
-    """A backend's stream as OpenAI server-sent events, with the answering backend as ``model``."""
+    """A backend's server-sent events with the answering backend as ``model``.
+
+    Most events go out as they came: those that already name the backend, without usage. Only
+    the others (another model name, the usage chunk, an error) are parsed and written again.
+    """
     usage = None
+    named = f'"model":{json.dumps(backend.model)}'
     try:
-        async for data in stream:
+        async for event in stream:
+            if named in event and '"usage"' not in event:
+                yield event
+                continue
+            data = event_payload(event)
+            if data is None:
+                continue  # a comment or a field other than data: nothing for an OpenAI client
             if "error" not in data:
                 data["model"] = backend.model
             usage = data.get("usage") or usage

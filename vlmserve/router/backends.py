@@ -24,7 +24,6 @@ import os
 # the router must start offline and quickly, and keeps its own prices in router.yaml.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import json  # noqa: E402
 import logging  # noqa: E402
 from collections.abc import AsyncIterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -36,6 +35,7 @@ import openai  # noqa: E402
 from openai.types.chat.completion_create_params import CompletionCreateParamsBase  # noqa: E402
 
 from vlmserve.api.errors import APIError, OverloadedError  # noqa: E402
+from vlmserve.api.serving import sse  # noqa: E402
 from vlmserve.router.config import Backend, RouterConfig  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -53,8 +53,8 @@ OPENAI_BASE = "https://api.openai.com/v1"
 #: A relayed backend answer that is a failure to retry or fall back from, not the client's error.
 _FAILURE_STATUS = {408, 429}
 
-#: An answer: the completion, or its stream of chunks, as OpenAI's JSON.
-Answer = dict[str, Any] | AsyncIterator[dict[str, Any]]
+#: An answer: the completion as OpenAI's JSON, or its stream of server-sent events.
+Answer = dict[str, Any] | AsyncIterator[str]
 
 
 def deployment_id(backend: Backend, index: int) -> str:
@@ -139,7 +139,7 @@ class Backends:
             return await self._litellm(backend, body)
         answered, ident, response = await self.relay(backend, "chat/completions", body)
         if body.get("stream"):
-            return answered, self._chunks(response, ident)
+            return answered, self._events(response, ident)
         return answered, response.json()
 
     def chain(self, backend: Backend) -> list[Backend]:
@@ -210,16 +210,12 @@ class Backends:
         finally:
             await response.aclose()
 
-    async def _chunks(self, response: httpx.Response, ident: str) -> AsyncIterator[dict[str, Any]]:
-        """A relayed stream's chunks (a backend that breaks mid-stream is reported, then raised)."""
+    async def _events(self, response: httpx.Response, ident: str) -> AsyncIterator[str]:
+        """A relayed stream's events (see :func:`sse_events`); a backend that breaks mid-stream
+        is reported, then raised."""
         try:
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                yield json.loads(data)
+            async for event in sse_events(response.aiter_text()):
+                yield event
         except httpx.TransportError as exc:
             self._failed(ident, exc)
             raise
@@ -314,10 +310,27 @@ class BackendError(APIError):
         return {**super().headers(), **routed}
 
 
-async def _dumped(stream: Any) -> AsyncIterator[dict[str, Any]]:
-    """A LiteLLM stream's chunks as OpenAI's JSON."""
+async def sse_events(texts: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Server-sent events as they came, each ending in a blank line, up to ``[DONE]`` (left out).
+
+    Cut from the text at blank lines, not parsed: the router parses only the events it must read
+    or change.
+    """
+    pending = ""
+    async for text in texts:
+        pending += text.replace("\r\n", "\n") if "\r" in text else text
+        *events, pending = pending.split("\n\n")
+        for event in events:
+            if event.startswith("data: [DONE]"):
+                return
+            if event:
+                yield event + "\n\n"
+
+
+async def _dumped(stream: Any) -> AsyncIterator[str]:
+    """A LiteLLM stream's chunks as OpenAI's server-sent events."""
     async for chunk in stream:
-        yield chunk.model_dump(exclude_none=True)
+        yield sse(chunk.model_dump(exclude_none=True))
 
 
 def _passed_through(response: httpx.Response | None, status: int, message: str) -> BackendError:

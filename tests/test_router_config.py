@@ -214,10 +214,11 @@ def test_relayed_events_name_the_router_backend(
     theirs = 'data: {"id":"x","model":"llava-hf","choices":[]}\n\n'
     usage = {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
     last = sse({"id": "x", "model": "llava-hf", "choices": [], "usage": usage})
-    stream = _texts(ours, ": ping\n\n", theirs, last)
+    spaced = 'data: {"id": "x", "model": "llava", "choices": []}\n\n'  # Python's json.dumps
+    stream = _texts(ours, spaced, ": ping\n\n", theirs, last)
     out = asyncio.run(_collect(_events(state, stream, backend, 1)))
-    assert out[0] is ours  # not parsed and written again
-    assert [json.loads(e[6:])["model"] for e in out[:3]] == ["llava"] * 3
-    assert json.loads(out[2][6:])["usage"] == usage and out[3] == "data: [DONE]\n\n"
+    assert out[0] is ours and out[1] is spaced  # not parsed and written again
+    assert [json.loads(e[6:])["model"] for e in out[:4]] == ["llava"] * 4
+    assert json.loads(out[3][6:])["usage"] == usage and out[4] == "data: [DONE]\n\n"
     labels = {"backend": "llava", "tier": "cheap", "kind": "completion"}
     assert state.registry.get_sample_value("vlmserve_router_tokens_total", labels) == 1

@@ -47,3 +47,10 @@ $PY -m vlmserve.cli.main bench --base-url "$ROUTER" --compare "$BACKEND" "${COMM
 $PY -m vlmserve.cli.main bench --base-url "$ROUTER" --compare "$BACKEND" "${COMMON[@]}" \
   --distinct-images 1 --extra-body '{"temperature": 0}' --concurrency 1 --num-requests 40 \
   --out "$OUT/cache"
+
+# 3. Cache misses as the cache sees them: the router with temperature 0 and a new image on every
+#    request (42 distinct for 40 requests and the warm-up), so neither the response cache nor
+#    vLLM's prefix cache has seen it. Its TTFT p50 against step 2's hits is the cache's effect.
+$PY -m vlmserve.cli.main bench --base-url "$ROUTER" --model tiny-llava --image-size 336x336 \
+  --output-tokens 16 --warmup 2 --no-progress --distinct-images 42 --seed 3 \
+  --extra-body '{"temperature": 0}' --concurrency 1 --num-requests 40 --out "$OUT/cache-miss"

@@ -167,10 +167,11 @@ async def _events(
     the others (another model name, the usage chunk, an error) are parsed and written again.
     """
     usage = None
-    named = f'"model":{json.dumps(backend.model)}'
+    name = json.dumps(backend.model)
+    named = (f'"model":{name}', f'"model": {name}')  # compact JSON, or Python's default
     try:
         async for event in stream:
-            if named in event and '"usage"' not in event:
+            if (named[0] in event or named[1] in event) and '"usage"' not in event:
                 yield event
                 continue
             data = event_payload(event)
@@ -205,7 +206,7 @@ def create_router_app(settings: Settings, config: RouterConfig) -> FastAPI:
     async def chat_completions(request: Request) -> Response:
         body = await _body(request)
         backend = state.backend_for(body)
-        images = auto.features(body).images
+        images = auto.features(body, measure=False).images
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         cached = await state.cache.lookup(
             await state.cache_key(body), request.headers.get("cache-control")
@@ -245,7 +246,7 @@ def create_router_app(settings: Settings, config: RouterConfig) -> FastAPI:
                 param="model",
                 code="endpoint_not_routed",
             )
-        images = auto.features(body).images
+        images = auto.features(body, measure=False).images
         try:
             answered, ident, response = await state.backends.relay(backend, path, body)
         except APIError:
@@ -259,7 +260,7 @@ def create_router_app(settings: Settings, config: RouterConfig) -> FastAPI:
                 media_type=response.headers.get("content-type", "text/event-stream"),
                 headers=headers,
             )
-        data = response.json()
+        data = parse_json(await response.read())
         data["model"] = answered.model
         state.stats.answered(answered, images, data.get("usage"))
         return JSONResponse(data, headers=headers)

@@ -69,8 +69,9 @@ def _contents(body: dict[str, Any]) -> list[Any]:
     return [item.get("content") for item in items if isinstance(item, dict)]
 
 
-def features(body: dict[str, Any]) -> Features:
-    """Read a request's features (a malformed part counts for nothing)."""
+def features(body: dict[str, Any], measure: bool = True) -> Features:
+    """Read a request's features (a malformed part counts for nothing); images are measured
+    (their headers decoded) only when ``measure``."""
     found = Features(response_format=_json_output(body))
     for content in _contents(body):
         for part in [content] if isinstance(content, str) else content or []:
@@ -85,7 +86,8 @@ def features(body: dict[str, Any]) -> Features:
                     image = {"url": image, "detail": part.get("detail")}
                 found.images += 1
                 found.high_detail |= image.get("detail") == "high"
-                found.max_pixels = max(found.max_pixels, _pixels(str(image.get("url", ""))))
+                if measure:
+                    found.max_pixels = max(found.max_pixels, _pixels(str(image.get("url", ""))))
     return found
 
 

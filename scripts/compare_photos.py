@@ -8,7 +8,8 @@ one per request:
    with it off (``IMAGE_WORKERS=0 IMAGE_DOWNSCALE=false IMAGE_CACHE_BYTES=0``);
 2. ``vs-vllm``: vlmserve against raw vLLM's OpenAI server (``--with-vllm``; vLLM gets
    ``VLLM_CPU_KVCACHE_SPACE=1``). With ``--vlmserve-engine vllm`` the two run one after the other
-   (never two vLLM instances at once) as two single-server benches;
+   (never two vLLM instances at once) as two single-server benches, ``--rounds`` times
+   alternating, each round with images of its own;
 3. ``multi-turn``: the multi-turn workload against vlmserve with and without its cache.
 
 Prints images/s per pair and the ratio; the benches' full reports go under ``--out``. Figures,
@@ -157,6 +158,9 @@ def main() -> int:
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--with-vllm", action="store_true", help="Also run raw vLLM (pair 2).")
     parser.add_argument(
+        "--rounds", type=int, default=1, help="With --vlmserve-engine vllm: alternating rounds."
+    )
+    parser.add_argument(
         "--vlmserve-engine", choices=["transformers", "vllm"], default="transformers"
     )
     parser.add_argument("--checkpoints", type=Path, help="Where tiny checkpoints are built/kept.")
@@ -181,15 +185,37 @@ def main() -> int:
             ours_rate, theirs_rate = images_per_second(pair), images_per_second(pair, "B")
             report("vs vLLM", "vlmserve", ours_rate, "raw vLLM", theirs_rate)
         elif args.with_vllm:
-            with vlmserve(model, logs, "vs", {}, engine) as ours:
-                ours_rate = images_per_second(
-                    bench(args.out / "vlmserve-vllm", ours, None, args, distinct)
+            # Rounds alternate the two servers, so drift on a shared machine hits both alike;
+            # each round sends images of its own (a new seed), so no cache has seen them.
+            ours_rates, theirs_rates = [], []
+            for n in range(1, args.rounds + 1):
+                seed = ["--seed", str(n)]
+                with vlmserve(model, logs, "vs", {}, engine) as ours:
+                    out = args.out / f"round-{n}" / "vlmserve-vllm"
+                    ours_rates.append(
+                        images_per_second(bench(out, ours, None, args, distinct, *seed))
+                    )
+                with raw_vllm(model, logs) as theirs:
+                    out = args.out / f"round-{n}" / "raw-vllm"
+                    theirs_rates.append(
+                        images_per_second(bench(out, theirs, None, args, distinct, *seed))
+                    )
+                report(
+                    f"vs vLLM, round {n}",
+                    "vlmserve (vllm engine)",
+                    ours_rates[-1],
+                    "raw vLLM",
+                    theirs_rates[-1],
                 )
-            with raw_vllm(model, logs) as theirs:
-                theirs_rate = images_per_second(
-                    bench(args.out / "raw-vllm", theirs, None, args, distinct)
-                )
-            report("vs vLLM", "vlmserve (vllm engine)", ours_rate, "raw vLLM", theirs_rate)
+            ours_rate = sum(ours_rates) / len(ours_rates)
+            theirs_rate = sum(theirs_rates) / len(theirs_rates)
+            report(
+                "vs vLLM, mean of rounds",
+                "vlmserve (vllm engine)",
+                ours_rate,
+                "raw vLLM",
+                theirs_rate,
+            )
         with (
             vlmserve(model, logs, "cache", {}, engine) as cached,
             vlmserve(model, logs, "nocache", NO_CACHE, engine) as uncached,

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/cpu-vllm-bench}"
-REQUESTS="${REQUESTS:-32}"
+REQUESTS="${REQUESTS:-32}"  # per level; LEVELS (default 1,4,8,16) the concurrencies
 PY=.venv/bin/python
 mkdir -p "$OUT"
 MODEL="$OUT/llava"
@@ -46,7 +46,7 @@ ready() {  # NAME PORT
 bench() {  # A_PORT B_PORT OUTDIR
   $PY -m vlmserve.cli.main bench --base-url "http://127.0.0.1:$1/v1" \
     --compare "http://127.0.0.1:$2/v1" --image-size 336x336 --output-tokens 64 \
-    --concurrency 1,4,8,16 --num-requests "$REQUESTS" --warmup 4 --no-progress --out "$3"
+    --concurrency "${LEVELS:-1,4,8,16}" --num-requests "$REQUESTS" --warmup 4 --no-progress --out "$3"
 }
 
 # Both vLLM servers start together (each worker binds to core 0, so only one is busy at a time

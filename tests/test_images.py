@@ -143,7 +143,12 @@ def data_url(image: Image.Image, fmt: str = "PNG") -> str:
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(encode(image, fmt)).decode()
 
 
-def test_decoding_runs_in_a_thread_without_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_small_images_are_decoded_in_a_thread(
+    monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """Without workers every image is; with them, one that needs no shrink (480x360 for LLaVA)
+    and has at most THREAD_DECODE_PIXELS: the worker processes never start."""
     import vlmserve.images.pipeline as module
 
     threads: list[threading.Thread] = []
@@ -154,9 +159,15 @@ def test_decoding_runs_in_a_thread_without_workers(monkeypatch: pytest.MonkeyPat
         return real(*args)
 
     monkeypatch.setattr(module, "decode_scaled", spy)
-    refs = [ImageRef(data_url(Image.new("RGB", (8, 8))), "auto", PARAM)]
-    (image,) = asyncio.run(pipeline(workers=0).load(refs))
-    assert image.size == (8, 8)
+    size = (480, 360)
+    assert size[0] * size[1] <= module.THREAD_DECODE_PIXELS
+    refs = [ImageRef(data_url(Image.new("RGB", size)), "auto", PARAM)]
+    loader = pipeline(workers=workers)
+    try:
+        (image,) = asyncio.run(loader.load(refs))
+    finally:
+        loader.close()
+    assert image.size == size and not loader.worker_pids()
     assert threads and threads[0] is not threading.main_thread()
 
 

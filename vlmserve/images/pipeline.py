@@ -5,7 +5,8 @@ or a fresh URL found in the URL cache), hashed, and their headers read and check
 ratio, the pixels the family's processor would scale each to, and the request's total pixels.
 Only then is anything decoded, and only what the decoded-image cache does not hold: in a process
 pool sized to the cores (the GIL would keep threads to one core), each image shrunk to its
-family's working size, so the image processor never scales a 12-megapixel photo itself.
+family's working size, so the image processor never scales a 12-megapixel photo itself. A small
+image that needs no shrink is decoded in a thread instead: cheaper than the trip to a worker.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ MAX_DEFAULT_WORKERS = 32
 MIN_SHRINK = 2
 #: Fresh image URLs remembered (a few dozen bytes each).
 URL_CACHE_ENTRIES = 4096
+#: Images of at most this many pixels that need no shrink are decoded in a thread of the server
+#: (Pillow lets go of the GIL while it decodes): a millisecond or two of work, about what the round
+#: trip to a worker process costs (the bytes pickled there, the pixels back, a process woken).
+THREAD_DECODE_PIXELS = 1 << 20
 
 
 class FamilyImageRule(ResizeRule, Protocol):
@@ -208,15 +213,17 @@ class ImagePipeline:
 
     async def _decode(self, source: _Source) -> Decoded:
         loop = asyncio.get_running_loop()
-        pool: Executor | None = self._pool if self.workers else None
-        if self.workers and pool is None:
-            self.start()
+        targets = self._targets(source)
+        small = targets is None and source.size[0] * source.size[1] <= THREAD_DECODE_PIXELS
+        pool: Executor | None = None  # the default executor: a thread of this process
+        if self.workers and not small:
+            if self._pool is None:
+                self.start()
             pool = self._pool
         assert source.data is not None, "only images the cache lacks are decoded"
         try:
-            return await loop.run_in_executor(
-                pool, decode_scaled, source.data, self.limits, self._targets(source)
-            )
+            data, limits = source.data, self.limits
+            return await loop.run_in_executor(pool, decode_scaled, data, limits, targets)
         except ImageRefused as exc:
             raise refusal_to_400(exc, source.ref.param) from None
         except BrokenProcessPool:

@@ -84,9 +84,13 @@ def test_usage_counts_image_tokens(
     same small count for every image, whatever its size.
     """
     if family_server[0] == "phi3v" and family_server[1].engine == "vllm":
-        # Seen on vLLM 0.26's CPU build: the second Phi-3-V image counts one token fewer than
-        # the first; not yet traced to vLLM's processor or to the tiny template.
-        request.applymarker(pytest.mark.xfail(reason="Phi-3-V second image off by one on vLLM"))
+        # Traced: both images take exactly the rule's tokens and later images add 2 (a BOS and
+        # the newline, as Microsoft's processor tokenizes each text chunk with a BOS), but on vLLM
+        # the text-only prompt has no BOS at all (11 tokens against the chunked prompts' leading
+        # BOS), so the first image seems to add 3. Which side should change is open.
+        request.applymarker(
+            pytest.mark.xfail(reason="Phi-3-V text-only prompt has no BOS on vLLM (see comment)")
+        )
     family, server = family_server
     rule = get_family(family)
     api = client(server)

@@ -17,7 +17,7 @@ from vlmserve.api.serving import sse
 from vlmserve.config import Settings
 from vlmserve.router import auto
 from vlmserve.router.app import RouterState, _events
-from vlmserve.router.backends import sse_events
+from vlmserve.router.backends import env_proxy, sse_events
 from vlmserve.router.config import Price, RouterConfig
 
 CONFIG = """
@@ -197,9 +197,17 @@ async def _collect(events: AsyncIterator[str]) -> list[str]:
 def test_relayed_streams_are_cut_into_events_up_to_done() -> None:
     """Events split across reads, several in one read, CRLF line ends; [DONE] ends the stream."""
     one, two = 'data: {"a":1}', 'data: {"b":2}'
-    parts = [one[:7], one[7:] + "\r\n\r\n" + two + "\n", "\n: ping\n\ndata: [DONE]\n\n", "late"]
+    parts = [one[:7], one[7:] + "\r\n\r", "\n" + two + "\n", "\n: ping\n\ndata:[DONE]\n\n", "late"]
     events = asyncio.run(_collect(sse_events(_texts(*parts))))
     assert events == [one + "\n\n", two + "\n\n", ": ping\n\n"]
+
+
+def test_relay_proxies_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "llava-0,localhost")
+    assert env_proxy("https://api.openai.com/v1") == "http://proxy.internal:3128"
+    assert env_proxy("http://llava-0:8000/v1") is None  # no HTTP_PROXY, and NO_PROXY names it
+    assert env_proxy("https://localhost:8000/v1") is None
 
 
 def test_relayed_events_name_the_router_backend(

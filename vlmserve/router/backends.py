@@ -29,6 +29,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import codecs  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import urllib.parse  # noqa: E402
+import urllib.request  # noqa: E402
 from collections.abc import AsyncIterator, Mapping  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
@@ -82,6 +84,17 @@ class Endpoint:
     base_url: str
     headers: dict[str, str]
     upstream_model: str
+    #: The proxy the environment names for it (HTTP(S)_PROXY, NO_PROXY), as httpx and the OpenAI
+    #: SDK under LiteLLM honour; read once here rather than per request.
+    proxy: str | None = None
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy ``HTTP_PROXY``/``HTTPS_PROXY`` set for ``url``, unless ``NO_PROXY`` covers it."""
+    parts = urllib.parse.urlsplit(url)
+    if urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 class Backends:
@@ -108,11 +121,13 @@ class Backends:
                 ident = deployment_id(backend, index)
                 self.by_deployment[ident] = backend
                 if speaks_openai(backend):
+                    url = (base or OPENAI_BASE).rstrip("/")
                     self.endpoints[ident] = Endpoint(
                         backend,
-                        (base or OPENAI_BASE).rstrip("/"),
+                        url,
                         {"Authorization": f"Bearer {key}"},
                         (backend.litellm_model or backend.model).removeprefix(OPENAI_PREFIX),
+                        env_proxy(url),
                     )
                 model_list.append(
                     {
@@ -193,6 +208,7 @@ class Backends:
                         data=json.dumps(sent).encode(),
                         headers={**endpoint.headers, "Content-Type": "application/json"},
                         timeout=timeout,
+                        proxy=endpoint.proxy,
                     )
                     text = ""
                     if response.status >= 400 or not body.get("stream"):
@@ -211,11 +227,10 @@ class Backends:
         raise self._unavailable(backend)
 
     def session(self) -> aiohttp.ClientSession:
-        """The relay's pooled session: no limit on connections; HTTP(S)_PROXY and NO_PROXY from
-        the environment honoured, as the OpenAI SDK under LiteLLM does."""
+        """The relay's pooled session, no limit on connections. Not ``trust_env``: that reads
+        ``~/.netrc`` in a thread on every request (proxies come from :func:`env_proxy`)."""
         if self._http is None:
-            connector = aiohttp.TCPConnector(limit=0)
-            self._http = aiohttp.ClientSession(connector=connector, trust_env=True)
+            self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         return self._http
 
     async def raw(self, response: aiohttp.ClientResponse, ident: str) -> AsyncIterator[bytes]:
@@ -335,10 +350,12 @@ async def sse_events(texts: AsyncIterator[str]) -> AsyncIterator[str]:
     """
     pending = ""
     async for text in texts:
-        pending += text.replace("\r\n", "\n") if "\r" in text else text
+        pending += text
+        if "\r" in pending:  # CRLF line ends (a CR left at the end waits for its LF)
+            pending = pending.replace("\r\n", "\n")
         *events, pending = pending.split("\n\n")
         for event in events:
-            if event.startswith("data: [DONE]"):
+            if event.startswith("data:") and event[5:].strip() == "[DONE]":
                 return
             if event:
                 yield event + "\n\n"

@@ -210,15 +210,15 @@ class Backends:
                         timeout=timeout,
                         proxy=endpoint.proxy,
                     )
-                    text = ""
                     if response.status >= 400 or not body.get("stream"):
-                        text = (await response.read()).decode(errors="replace")
+                        await response.read()  # kept by the response: read() again returns it
                 except _TRANSPORT_ERRORS as exc:
                     self._failed(ident, 503, type(exc).__name__)
                     continue
                 status = response.status
                 if status < 400:
                     return candidate, ident, response
+                text = (await response.read()).decode(errors="replace")
                 if status < 500 and status not in _FAILURE_STATUS:
                     error = _passed_through(status, text, response.headers)
                     error.routed_to = backend.model
@@ -279,7 +279,7 @@ class Backends:
             raise self.client_error(exc, backend) from None
         answered = self.answered_by(response, backend)
         if body.get("stream"):
-            return answered, _dumped(response)
+            return answered, _dumped(response, answered.model)
         return answered, response.model_dump(exclude_none=True)
 
     async def aclose(self) -> None:
@@ -361,10 +361,11 @@ async def sse_events(texts: AsyncIterator[str]) -> AsyncIterator[str]:
                 yield event + "\n\n"
 
 
-async def _dumped(stream: Any) -> AsyncIterator[str]:
-    """A LiteLLM stream's chunks as OpenAI's server-sent events."""
+async def _dumped(stream: Any, model: str) -> AsyncIterator[str]:
+    """A LiteLLM stream's chunks as OpenAI's server-sent events, naming ``model`` (so the app
+    passes them on without parsing them again)."""
     async for chunk in stream:
-        yield sse(chunk.model_dump(exclude_none=True))
+        yield sse({**chunk.model_dump(exclude_none=True), "model": model})
 
 
 def _passed_through(

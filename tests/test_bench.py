@@ -44,6 +44,7 @@ def test_bench_side_by_side_writes_reports_whose_counts_add_up(
             "--concurrency", ",".join(str(c) for c in LEVELS),
             "--num-requests", str(REQUESTS_PER_LEVEL),
             "--warmup", "1",
+            "--rounds", "3",
             "--images-per-request", str(IMAGES_PER_REQUEST),
             "--image-size", "336x336,640x480",
             "--image-format", "png",
@@ -62,6 +63,7 @@ def test_bench_side_by_side_writes_reports_whose_counts_add_up(
     document = json.loads((out / "bench.json").read_text())
     assert document["metadata"]["output_length_enforced"] == {"A": True, "B": True}
     assert document["metadata"]["targets"][0]["model"] == server.model
+    assert document["metadata"]["load"]["interleaving"].startswith("3 batches per level")
     summaries = document["summary"]
     assert [(s["target"], s["level"]) for s in summaries] == [
         (target, level) for target in "AB" for level in LEVELS

@@ -115,6 +115,9 @@ def test_split_and_abba_order() -> None:
     assert [p.num_requests for p in split(plan, 2)] == [4, 3]
     timed = LoadPlan(levels=[], num_requests=None, duration=10.0)
     assert [p.duration for p in split(timed, 2)] == [5.0, 5.0]
+    rounds = split(LoadPlan(levels=[], num_requests=10, duration=None, rounds=4), 4)
+    assert [p.num_requests for p in rounds] == [3, 3, 2, 2]
+    assert {p.rounds for p in rounds} == {4} and [p.seed for p in rounds] == [0, 1, 2, 3]
     order = [abba_order(level, batch) for level in range(2) for batch in range(2)]
     assert order == [(0, 1), (1, 0), (1, 0), (0, 1)]
 

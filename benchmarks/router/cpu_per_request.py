@@ -1,6 +1,8 @@
 """The router's own CPU cost per request, apart from any model: `vlmserve route` in front of a
 stub OpenAI backend that answers at once (16 streamed content chunks and a usage chunk), driven by
-`vlmserve bench`, reading each process's CPU time from /proc before and after.
+`vlmserve bench --compare` (router as A, the stub directly as B, ``--rounds`` interleaved batches),
+reading each process's CPU time from /proc before and after. Prints one table row: direct and
+router req/s, their ratio, router ms of CPU per request, stub ms of CPU per request.
 
 On a machine where router and backends share cores, this cost is taken from the backends; on a
 GPU node it is what one router core can carry (1000 / ms per request = requests/s per core).
@@ -8,7 +10,7 @@ With ``--step-ms`` the stub waits that long before each chunk, like a backend wh
 a GPU rather than to these cores: the req/s ratio is then the router's overhead on such a node.
 
     .venv/bin/python benchmarks/router/cpu_per_request.py [--requests 400] [--concurrency 8]
-        [--step-ms 0]
+        [--step-ms 0] [--rounds 8] [--out DIR]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -30,6 +33,7 @@ sys.path.insert(0, str(REPO))
 from tests.helpers import free_port  # noqa: E402
 
 CHUNKS = 16
+WARMUP = 8
 USAGE = {"prompt_tokens": 600, "completion_tokens": CHUNKS, "total_tokens": 600 + CHUNKS}
 
 
@@ -98,16 +102,18 @@ def wait_healthy(url: str) -> None:
     raise RuntimeError(f"not healthy: {url}")
 
 
-def bench(base_url: str, args: argparse.Namespace, out: Path) -> dict[str, object]:
+def bench(router_url: str, stub_url: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """`vlmserve bench` through the router (A) against the stub directly (B), interleaved."""
     command = [
-        sys.executable, "-m", "vlmserve.cli.main", "bench", "--base-url", base_url,
-        "--model", "stub", "--image-size", "336x336", "--output-tokens", str(CHUNKS),
+        sys.executable, "-m", "vlmserve.cli.main", "bench", "--base-url", router_url,
+        "--model", "stub", "--compare", stub_url, "--compare-model", "stub",
+        "--image-size", "336x336", "--output-tokens", str(CHUNKS),
         "--concurrency", str(args.concurrency), "--num-requests", str(args.requests),
-        "--warmup", "8", "--no-progress", "--out", str(out),
+        "--rounds", str(args.rounds), "--warmup", str(WARMUP), "--no-progress", "--out", str(out),
     ]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True)
-    summary: dict[str, object] = json.loads((out / "bench.json").read_text())["summary"][0]
-    return summary
+    document: dict[str, Any] = json.loads((out / "bench.json").read_text())
+    return document
 
 
 def main() -> None:
@@ -115,6 +121,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--step-ms", type=float, default=0.0, help="stub's wait per chunk")
+    parser.add_argument("--rounds", type=int, default=8, help="A,B / B,A batches per run")
+    parser.add_argument("--out", type=Path, help="Keep the bench report in this folder.")
     parser.add_argument("--stub", type=int, help=argparse.SUPPRESS)  # internal: serve the stub
     args = parser.parse_args()
     if args.stub:
@@ -142,25 +150,28 @@ def main() -> None:
         try:
             wait_healthy(f"http://127.0.0.1:{stub_port}/health")
             wait_healthy(f"http://127.0.0.1:{router_port}/health")
-            print("| target | req/s | router ms CPU/request | stub ms CPU/request |")
-            print("|---|---|---|---|")
-            rates = []
-            for name, port in (("stub directly", stub_port), ("router -> stub", router_port)):
-                before = cpu_seconds(router.pid), cpu_seconds(stub.pid)
-                summary = bench(f"http://127.0.0.1:{port}/v1", args, Path(tmp) / name)
-                after = cpu_seconds(router.pid), cpu_seconds(stub.pid)
-                # Warm-up requests ran too: divide by everything sent.
-                sent = args.requests + 8
-                router_ms, stub_ms = (
-                    (a - b) * 1000 / sent for a, b in zip(after, before, strict=True)
-                )
-                print(
-                    f"| {name} | {summary['requests_per_second']:.1f} | {router_ms:.2f} "
-                    f"| {stub_ms:.2f} |",
-                    flush=True,
-                )
-                rates.append(float(summary["requests_per_second"]))  # type: ignore[arg-type]
-            print(f"\nrouter / direct req/s: {rates[1] / rates[0]:.3f}")
+            before = cpu_seconds(router.pid), cpu_seconds(stub.pid)
+            document = bench(
+                f"http://127.0.0.1:{router_port}/v1",
+                f"http://127.0.0.1:{stub_port}/v1",
+                args,
+                args.out or Path(tmp) / "bench",
+            )
+            after = cpu_seconds(router.pid), cpu_seconds(stub.pid)
+            # Warm-up requests ran too: divide by everything each process served.
+            router_ms = (after[0] - before[0]) * 1000 / (args.requests + WARMUP)
+            stub_ms = (after[1] - before[1]) * 1000 / (2 * (args.requests + WARMUP))
+            router_rps, direct_rps = (s["requests_per_second"] for s in document["summary"])
+            print(
+                "| run | direct req/s | router req/s | router / direct | router ms CPU/request "
+                "| stub ms CPU/request |\n|---|---|---|---|---|---|"
+            )
+            print(
+                f"| {args.rounds} rounds, c={args.concurrency}, {args.step_ms:g} ms a chunk "
+                f"| {direct_rps:.1f} | {router_rps:.1f} | {router_rps / direct_rps:.3f} "
+                f"| {router_ms:.2f} | {stub_ms:.2f} |",
+                flush=True,
+            )
         finally:
             for process in (router, stub):
                 process.terminate()

@@ -119,6 +119,12 @@ def _add_load_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--duration", type=float, help="Seconds of new requests per level.")
     group.add_argument("--warmup", type=int, default=2, help="Uncounted requests per server first.")
+    group.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="With --compare: batches per level, alternating A,B and B,A (more evens out drift).",
+    )
     group.add_argument("--timeout", type=float, default=600.0, help="Per-request timeout, seconds.")
     group.add_argument("--seed", type=int, default=0)
 
@@ -183,7 +189,11 @@ def _metadata(
             "warmup": plan.warmup,
             "timeout": plan.timeout,
             "seed": plan.seed,
-            "interleaving": "A,B then B,A per level" if len(targets) == 2 else None,
+            "interleaving": (
+                f"{plan.rounds} batches per level, A,B then B,A in turn"
+                if len(targets) == 2
+                else None
+            ),
         },
         "gpu_price_per_hour": args.gpu_price,
         "client": {

@@ -93,6 +93,8 @@ def build_plan(args: argparse.Namespace) -> LoadPlan:
         raise ValueError("--num-requests must be at least 1")
     if args.duration is not None and args.duration <= 0:
         raise ValueError("--duration must be positive")
+    if args.rounds < 1 or (num_requests is not None and args.rounds > num_requests):
+        raise ValueError("--rounds must be between 1 and the requests per level")
     return LoadPlan(
         levels=levels,
         num_requests=num_requests,
@@ -100,4 +102,5 @@ def build_plan(args: argparse.Namespace) -> LoadPlan:
         warmup=max(args.warmup, 0),
         timeout=args.timeout,
         seed=args.seed,
+        rounds=args.rounds,
     )

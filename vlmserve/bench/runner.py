@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import random
@@ -68,6 +69,8 @@ class LoadPlan:
     warmup: int = 2
     timeout: float = 600.0
     seed: int = 0
+    #: With two targets, each level is cut into this many batches, run A,B then B,A in turn.
+    rounds: int = 2
 
 
 @dataclass
@@ -216,7 +219,7 @@ def split(plan: LoadPlan, parts: int) -> list[LoadPlan]:
             num = plan.num_requests // parts + (1 if part < plan.num_requests % parts else 0)
         duration = plan.duration / parts if plan.duration else None
         plans.append(
-            LoadPlan(plan.levels, num, duration, plan.warmup, plan.timeout, plan.seed + part)
+            dataclasses.replace(plan, num_requests=num, duration=duration, seed=plan.seed + part)
         )
     return plans
 
@@ -262,7 +265,7 @@ async def run_benchmark(
             sessions.append(TargetSession(target, workload, client))
         for session in sessions:
             await session.warm_up(plan.warmup)
-        batches = split(plan, 2) if len(sessions) == 2 else [plan]
+        batches = split(plan, plan.rounds) if len(sessions) == 2 else [plan]
         results: list[LevelResult] = []
         bar = tqdm(
             total=_total_requests(plan, len(sessions)), unit="req", disable=not show_progress

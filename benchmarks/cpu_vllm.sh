@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/cpu-vllm-bench}"
-REQUESTS="${REQUESTS:-32}"  # per level; LEVELS (default 1,4,8,16) the concurrencies
+REQUESTS="${REQUESTS:-32}"  # per level; LEVELS (default 1,4,8,16) the concurrencies, ROUNDS
+# (default 2) the A,B / B,A batches each level is cut into
 PY=.venv/bin/python
 mkdir -p "$OUT"
 MODEL="$OUT/llava"
@@ -46,7 +47,8 @@ ready() {  # NAME PORT
 bench() {  # A_PORT B_PORT OUTDIR
   $PY -m vlmserve.cli.main bench --base-url "http://127.0.0.1:$1/v1" \
     --compare "http://127.0.0.1:$2/v1" --image-size 336x336 --output-tokens 64 \
-    --concurrency "${LEVELS:-1,4,8,16}" --num-requests "$REQUESTS" --warmup 4 --no-progress --out "$3"
+    --concurrency "${LEVELS:-1,4,8,16}" --num-requests "$REQUESTS" \
+    --rounds "${ROUNDS:-2}" --warmup 4 --no-progress --out "$3"
 }
 
 # Both vLLM servers start together (each worker binds to core 0, so only one is busy at a time

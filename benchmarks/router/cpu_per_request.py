@@ -1,5 +1,6 @@
 """The router's own CPU cost per request, apart from any model: `vlmserve route` in front of a
-stub OpenAI backend that answers at once (16 streamed content chunks and a usage chunk), driven by
+stub OpenAI backend that answers at once (a streamed content chunk per ``max_tokens`` and a usage
+chunk), driven by
 `vlmserve bench --compare` (router as A, the stub directly as B, ``--rounds`` interleaved batches),
 reading each process's CPU time from /proc before and after. Prints one table row: direct and
 router req/s, their ratio, router ms of CPU per request, stub ms of CPU per request.
@@ -10,7 +11,7 @@ With ``--step-ms`` the stub waits that long before each chunk, like a backend wh
 a GPU rather than to these cores: the req/s ratio is then the router's overhead on such a node.
 
     .venv/bin/python benchmarks/router/cpu_per_request.py [--requests 400] [--concurrency 8]
-        [--step-ms 0] [--rounds 8] [--out DIR]
+        [--step-ms 0] [--output-tokens 64] [--rounds 8] [--out DIR]
 """
 
 from __future__ import annotations
@@ -32,9 +33,16 @@ sys.path.insert(0, str(REPO))
 
 from tests.helpers import free_port  # noqa: E402
 
-CHUNKS = 16
 WARMUP = 8
-USAGE = {"prompt_tokens": 600, "completion_tokens": CHUNKS, "total_tokens": 600 + CHUNKS}
+PROMPT_TOKENS = 600
+
+
+def usage(completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": PROMPT_TOKENS,
+        "completion_tokens": completion_tokens,
+        "total_tokens": PROMPT_TOKENS + completion_tokens,
+    }
 
 
 def stub_app(step_s: float) -> object:
@@ -53,19 +61,20 @@ def stub_app(step_s: float) -> object:
 
     async def chat(request: Request) -> Response:
         body = await request.json()
+        tokens = int(body.get("max_tokens") or 16)  # a chunk per token
         if not body.get("stream"):
-            message = {"role": "assistant", "content": " tok" * CHUNKS}
+            message = {"role": "assistant", "content": " tok" * tokens}
             choice = {"index": 0, "message": message, "finish_reason": "length"}
             answer = {"id": "stub", "object": "chat.completion", "created": 0, "model": "stub"}
-            return JSONResponse({**answer, "choices": [choice], "usage": USAGE})
+            return JSONResponse({**answer, "choices": [choice], "usage": usage(tokens)})
 
         async def events():  # type: ignore[no-untyped-def]
             yield event([{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}])
-            for _ in range(CHUNKS):
+            for _ in range(tokens):
                 await asyncio.sleep(step_s)
                 yield event([{"index": 0, "delta": {"content": " tok"}, "finish_reason": None}])
             yield event([{"index": 0, "delta": {}, "finish_reason": "length"}])
-            yield event([], usage=USAGE)
+            yield event([], usage=usage(tokens))
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -107,7 +116,7 @@ def bench(router_url: str, stub_url: str, args: argparse.Namespace, out: Path) -
     command = [
         sys.executable, "-m", "vlmserve.cli.main", "bench", "--base-url", router_url,
         "--model", "stub", "--compare", stub_url, "--compare-model", "stub",
-        "--image-size", "336x336", "--output-tokens", str(CHUNKS),
+        "--image-size", "336x336", "--output-tokens", str(args.output_tokens),
         "--concurrency", str(args.concurrency), "--num-requests", str(args.requests),
         "--rounds", str(args.rounds), "--warmup", str(WARMUP), "--no-progress", "--out", str(out),
     ]  # fmt: skip
@@ -121,6 +130,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--step-ms", type=float, default=0.0, help="stub's wait per chunk")
+    parser.add_argument("--output-tokens", type=int, default=64, help="bench's default: 64")
     parser.add_argument("--rounds", type=int, default=8, help="A,B / B,A batches per run")
     parser.add_argument("--out", type=Path, help="Keep the bench report in this folder.")
     parser.add_argument("--stub", type=int, help=argparse.SUPPRESS)  # internal: serve the stub
@@ -167,7 +177,8 @@ def main() -> None:
                 "| stub ms CPU/request |\n|---|---|---|---|---|---|"
             )
             print(
-                f"| {args.rounds} rounds, c={args.concurrency}, {args.step_ms:g} ms a chunk "
+                f"| {args.rounds} rounds, c={args.concurrency}, {args.output_tokens} chunks "
+                f"of {args.step_ms:g} ms "
                 f"| {direct_rps:.1f} | {router_rps:.1f} | {router_rps / direct_rps:.3f} "
                 f"| {router_ms:.2f} | {stub_ms:.2f} |",
                 flush=True,

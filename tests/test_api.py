@@ -75,22 +75,12 @@ def test_streaming_with_image(family_server: tuple[str, ServerProcess]) -> None:
     assert len({c.id for c in chunks}) == 1
 
 
-def test_usage_counts_image_tokens(
-    family_server: tuple[str, ServerProcess], request: pytest.FixtureRequest
-) -> None:
+def test_usage_counts_image_tokens(family_server: tuple[str, ServerProcess]) -> None:
     """prompt_tokens grows by exactly the family's image-token rule for each image.
 
     Templates add a separator of their own around each image (a newline, a BOS per chunk): the
     same small count for every image, whatever its size.
     """
-    if family_server[0] == "phi3v" and family_server[1].engine == "vllm":
-        # Traced: both images take exactly the rule's tokens and later images add 2 (a BOS and
-        # the newline, as Microsoft's processor tokenizes each text chunk with a BOS), but on vLLM
-        # the text-only prompt has no BOS at all (11 tokens against the chunked prompts' leading
-        # BOS), so the first image seems to add 3. Which side should change is open.
-        request.applymarker(
-            pytest.mark.xfail(reason="Phi-3-V text-only prompt has no BOS on vLLM (see comment)")
-        )
     family, server = family_server
     rule = get_family(family)
     api = client(server)

@@ -198,6 +198,22 @@ def test_two_images_in_order(family: str, vllm_prep: Any, vllm_setup: Any) -> No
     assert len(counts) == 2 and 0 <= lengths[0] - counts[0] <= 2
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_chats_start_alike_with_and_without_images(
+    family: str, vllm_prep: Any, vllm_setup: Any
+) -> None:
+    """A text-only chat starts with the same token as one with an image (Phi-3-V's processor
+    gives every text chunk a BOS; vLLM's chat path alone gives a text-only chat none)."""
+    _, renderer = vllm_setup(family)
+    fam = get_family(family)
+    rendered = [
+        asyncio.run(vllm_prep.render_request(renderer, fam, chat(images)))["prompt_token_ids"]
+        for images in ([], [ImageInput(image(), "high")])
+    ]
+    text_only, with_image = rendered
+    assert text_only[0] == with_image[0]
+
+
 def processor_refuses_placeholder_text(path: Path) -> bool:
     """Whether the checkpoint's HF processor refuses an image placeholder without an image.
 

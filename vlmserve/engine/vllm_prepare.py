@@ -170,15 +170,21 @@ async def render_request(
                 prompt["multi_modal_data"] = {"image": prepared}
             (engine_input,) = await renderer.render_cmpl_async([prompt], prompt_extras=extras)
             return engine_input
+        template_kwargs: dict[str, Any] = {"add_generation_prompt": True}
+        tok_params = None
+        if family.processor_adds_special_tokens and not request.images:
+            # Rendered to text, then tokenized with the special tokens (see the family's flag).
+            template_kwargs["tokenize"] = False
+            tok_params = renderer.default_chat_tok_params.with_kwargs(add_special_tokens=True)
         params = ChatParams(
             chat_template=chat_template,
-            chat_template_kwargs={"add_generation_prompt": True},
+            chat_template_kwargs=template_kwargs,
             mm_processor_kwargs=kwargs,
         )
         # vLLM types chat messages as OpenAI TypedDicts; ours are plain dicts of the same shape.
         conversation: list[Any] = vllm_messages(family, request)
         _, (engine_input,) = await renderer.render_chat_async(
-            [conversation], params, prompt_extras=extras
+            [conversation], params, tok_params, prompt_extras=extras
         )
     except ValueError as exc:
         raise RequestRejected(str(exc), param=request.input_param) from exc

@@ -29,6 +29,11 @@ class ModelFamily(abc.ABC):
     image_placeholder: ClassVar[str]
     #: Jinja chat template for checkpoints that bring none (the tiny ones included).
     chat_template: ClassVar[str]
+    #: Whether the family's processor tokenizes prompt text with the tokenizer's special tokens
+    #: (its BOS) where the chat template writes none: Phi-3-V's does, for every text chunk. vLLM
+    #: renders a chat without images straight to token ids with no special tokens, so for such a
+    #: family those chats are tokenized again with them, to start as prompts with images do.
+    processor_adds_special_tokens: ClassVar[bool] = False
 
     @abc.abstractmethod
     def image_tokens(self, width: int, height: int, detail: Detail = "high") -> int:

@@ -32,6 +32,7 @@ class Phi3V(ModelFamily):
     name: ClassVar[str] = "phi3v"
     architectures: ClassVar[tuple[str, ...]] = ("Phi3VForCausalLM",)
     image_placeholder: ClassVar[str] = "<|image_1|>"
+    processor_adds_special_tokens: ClassVar[bool] = True
     # Images are numbered across the whole conversation, as the original processor requires.
     chat_template: ClassVar[str] = (
         "{%- set ns = namespace(n=0) -%}{%- for message in messages -%}"

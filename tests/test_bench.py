@@ -85,6 +85,9 @@ def test_bench_side_by_side_writes_reports_whose_counts_add_up(
     # Every request carries two 576-token LLaVA images, so the prompt holds at least 1,152 tokens.
     assert all(r["prompt_tokens"] >= IMAGES_PER_REQUEST * 576 for r in records)
     assert [row["level"] for row in document["ratios"]] == [f"c={c}" for c in LEVELS]
+    # Three rounds: each level's rate batch by batch, and the paired A/B ratio over them.
+    assert all(len(s["batch_requests_per_second"]) == 3 for s in summaries)
+    assert all(row["paired_req_per_s"]["batches"] == 3 for row in document["ratios"])
 
     markdown = (out / "summary.md").read_text()
     for heading in ("## Throughput", "## Latency", "## A/B ratios"):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,15 @@ from vlmserve.bench.photos import PRESETS
 from vlmserve.bench.records import RequestRecord
 from vlmserve.bench.report import ratios, text_table
 from vlmserve.bench.runner import LoadPlan, abba_order, split
-from vlmserve.bench.stats import Distribution, cost_per_unit, percentile, ratio, summarize, tpot_of
+from vlmserve.bench.stats import (
+    Distribution,
+    PairedRatio,
+    cost_per_unit,
+    percentile,
+    ratio,
+    summarize,
+    tpot_of,
+)
 from vlmserve.bench.workload import (
     Workload,
     load_image_dir,
@@ -108,6 +118,21 @@ def test_ratios_pair_levels() -> None:
     assert row["ratios"]["req/s"] == pytest.approx(2.0)
     assert row["ratios"]["TTFT mean"] == pytest.approx(0.5)
     assert row["ratios"]["E2E mean"] == pytest.approx(0.5)
+
+
+def test_paired_ratio_of_batches() -> None:
+    steady = PairedRatio.of([2.0, 4.0, 6.0], [1.0, 2.0, 3.0])
+    assert steady is not None and steady.batches == 3
+    assert steady.mean == pytest.approx(2.0) and steady.low == pytest.approx(2.0)
+    # Drift shared by both sides cancels out; noise within a pair widens the interval.
+    noisy = PairedRatio.of([1.1, 3.0, 5.0, 0.9], [1.0, 3.0, 5.5, 1.0])
+    assert noisy is not None
+    expected = math.exp(statistics.fmean(math.log(r) for r in (1.1, 1.0, 5.0 / 5.5, 0.9)))
+    assert noisy.mean == pytest.approx(expected)
+    assert noisy.low < noisy.mean < noisy.high
+    assert PairedRatio.of([1.0, 1.0], [1.0, 1.0]) is None  # too few batches
+    assert PairedRatio.of([1.0] * 3, [1.0] * 4) is None
+    assert PairedRatio.of([1.0, 0.0, 1.0], [1.0] * 3) is None  # a batch with nothing done
 
 
 def test_split_and_abba_order() -> None:

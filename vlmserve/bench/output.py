@@ -25,6 +25,7 @@ def summarize_outcome(outcome: BenchmarkOutcome, gpu_price: float | None) -> lis
             level=result.level.value,
             wall_seconds=result.wall_seconds,
             gpu_price_per_hour=gpu_price,
+            batch_rates=result.batch_rates,
         )
         for result in outcome.results
     ]

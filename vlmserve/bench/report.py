@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from vlmserve.bench.stats import Distribution, LevelSummary, ratio
+from vlmserve.bench.stats import Distribution, LevelSummary, PairedRatio, ratio
 
 logger = logging.getLogger(__name__)
 
@@ -116,15 +117,32 @@ def ratios(a: Sequence[LevelSummary], b: Sequence[LevelSummary]) -> list[dict[st
     out = []
     for left, right in zip(a, b, strict=True):
         values = {title: ratio(_value(left, p), _value(right, p)) for title, p in RATIO_COLUMNS}
-        out.append({"level": _level(left), "ratios": values})
+        paired = PairedRatio.of(left.batch_requests_per_second, right.batch_requests_per_second)
+        out.append(
+            {
+                "level": _level(left),
+                "ratios": values,
+                "paired_req_per_s": None if paired is None else asdict(paired),
+            }
+        )
     return out
+
+
+def _paired(value: dict[str, Any] | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value['mean']:.3f} ({value['low']:.3f}-{value['high']:.3f}, {value['batches']})"
 
 
 def ratio_table(rows: list[dict[str, Any]]) -> tuple[Row, list[Row]]:
     """Headers and rows of the A/B ratio table."""
-    headers = ["level", *(title for title, _ in RATIO_COLUMNS)]
+    headers = ["level", *(title for title, _ in RATIO_COLUMNS), PAIRED_TITLE]
     body = [
-        [row["level"], *(_num(row["ratios"][title], 3) for title, _ in RATIO_COLUMNS)]
+        [
+            row["level"],
+            *(_num(row["ratios"][title], 3) for title, _ in RATIO_COLUMNS),
+            _paired(row.get("paired_req_per_s")),
+        ]
         for row in rows
     ]
     return headers, body
@@ -146,9 +164,11 @@ def markdown_table(headers: Row, rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+PAIRED_TITLE = "req/s by batch (95%, n)"
 RATIO_NOTE = (
     "Ratios are A/B. Throughput ratios above 1 mean A is faster; latency ratios above 1 mean "
-    "A is slower."
+    "A is slower. By batch: the geometric mean of each --rounds batch's A/B requests/s, with its "
+    "approximate 95% interval and the number of batches (from 3 batches)."
 )
 
 

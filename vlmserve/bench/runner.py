@@ -82,6 +82,8 @@ class LevelResult:
     records: list[RequestRecord]
     wall_seconds: float
     started_at: str
+    #: Completed requests per second of each ``--rounds`` batch, in run order.
+    batch_rates: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -197,7 +199,9 @@ async def run_level(
     logger.info(
         "%s %s: %d requests in %.2f s", session.target.name, level.label, len(records), wall
     )
-    return LevelResult(session.target.name, level, records, wall, started_at)
+    completed = sum(r.error is None for r in records)
+    rate = completed / wall if wall > 0 else 0.0
+    return LevelResult(session.target.name, level, records, wall, started_at, [rate])
 
 
 def merge(results: list[LevelResult]) -> LevelResult:
@@ -207,7 +211,8 @@ def merge(results: list[LevelResult]) -> LevelResult:
     for index, record in enumerate(records):
         record.index = index
     wall = sum(result.wall_seconds for result in results)
-    return LevelResult(first.target, first.level, records, wall, first.started_at)
+    rates = [rate for result in results for rate in result.batch_rates]
+    return LevelResult(first.target, first.level, records, wall, first.started_at, rates)
 
 
 def split(plan: LoadPlan, parts: int) -> list[LoadPlan]:

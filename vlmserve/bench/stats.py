@@ -6,6 +6,7 @@ Everything here is pure and works on plain numbers, so it can be unit-tested wit
 from __future__ import annotations
 
 import math
+import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -66,6 +67,29 @@ def cost_per_unit(
     return gpu_price_per_hour / 3600 * wall_seconds / units * per
 
 
+@dataclass(frozen=True)
+class PairedRatio:
+    """A/B over paired batches (A's batch k against B's batch k, run next to each other): the
+    geometric mean of the batch ratios and its approximate 95% interval (normal approximation
+    on the log ratios), so drift between batches widens the interval instead of moving the
+    figure."""
+
+    mean: float
+    low: float
+    high: float
+    batches: int
+
+    @classmethod
+    def of(cls, a: Sequence[float], b: Sequence[float]) -> PairedRatio | None:
+        """``None`` unless both sides ran the same number (at least 3) of non-empty batches."""
+        if len(a) != len(b) or len(a) < 3 or not all(x > 0 for x in (*a, *b)):
+            return None
+        logs = [math.log(x / y) for x, y in zip(a, b, strict=True)]
+        mean = statistics.fmean(logs)
+        half = statistics.NormalDist().inv_cdf(0.975) * statistics.stdev(logs) / len(logs) ** 0.5
+        return cls(math.exp(mean), math.exp(mean - half), math.exp(mean + half), len(logs))
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     """``a / b``, or ``None`` when either side is missing or ``b`` is zero."""
     if a is None or b is None or b == 0:
@@ -101,6 +125,8 @@ class LevelSummary:
     cost_per_1k_images: float | None = None
     cost_per_1m_output_tokens: float | None = None
     notes: list[str] = field(default_factory=list)
+    #: Requests per second of each ``--rounds`` batch (with ``--compare``), in run order.
+    batch_requests_per_second: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -122,6 +148,7 @@ def summarize(
     level: float,
     wall_seconds: float,
     gpu_price_per_hour: float | None = None,
+    batch_rates: Sequence[float] = (),
 ) -> LevelSummary:
     """Summarise the measured requests of one level; ``wall_seconds`` is the level's wall time."""
     ok = [r for r in records if r.error is None]
@@ -152,6 +179,7 @@ def summarize(
         tokens_from_usage=all(r.tokens_from_usage for r in ok),
         output_tokens_min=min(token_counts) if token_counts else None,
         output_tokens_max=max(token_counts) if token_counts else None,
+        batch_requests_per_second=list(batch_rates),
     )
     if gpu_price_per_hour is not None:
         summary.cost_per_1k_images = cost_per_unit(gpu_price_per_hour, wall_seconds, images, 1e3)

@@ -141,7 +141,7 @@ def ratio_table(rows: list[dict[str, Any]]) -> tuple[Row, list[Row]]:
         [
             row["level"],
             *(_num(row["ratios"][title], 3) for title, _ in RATIO_COLUMNS),
-            _paired(row.get("paired_req_per_s")),
+            _paired(row["paired_req_per_s"]),
         ]
         for row in rows
     ]

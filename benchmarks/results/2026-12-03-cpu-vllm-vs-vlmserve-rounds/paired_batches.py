@@ -1,6 +1,6 @@
 """The by-batch A/B ratio of a bench.json written before `vlmserve bench` reported it itself:
-each level's records cut back into their ``--rounds`` batches (in run order, sizes as
-``runner.split`` makes them), each batch's completed requests over its first-send-to-last-answer
+each level's records cut back into their ``--rounds`` batches (in run order, sized by
+``runner.split``), each batch's completed requests over its first-send-to-last-answer
 time, then :class:`vlmserve.bench.stats.PairedRatio`.
 
     .venv/bin/python benchmarks/results/2026-12-03-cpu-vllm-vs-vlmserve-rounds/paired_batches.py \\
@@ -14,15 +14,16 @@ import json
 import sys
 from pathlib import Path
 
+from vlmserve.bench.runner import LoadPlan, split
 from vlmserve.bench.stats import PairedRatio
 
 
 def batch_rates(records: list[dict[str, object]], rounds: int) -> list[float]:
     """Requests/s of each batch of one level's records."""
-    size, extra = divmod(len(records), rounds)
+    plan = LoadPlan(levels=[], num_requests=len(records), duration=None)
     rates, start = [], 0
-    for batch in range(rounds):
-        part = records[start : start + size + (batch < extra)]
+    for batch in split(plan, rounds):
+        part = records[start : start + (batch.num_requests or 0)]
         start += len(part)
         ok = [r for r in part if r["error"] is None]
         wall = max(float(r["start"]) + float(r["e2el"]) for r in ok)  # type: ignore[arg-type]
